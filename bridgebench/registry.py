@@ -1,0 +1,54 @@
+"""ID -> class tables for the three component kinds, and the functions that build them from specs.
+
+Plain dictionaries, no import-time registration: adding a kind means adding one row here, one
+options dataclass in ``config.py`` and the class itself (README, "How to add a bridge").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Optional
+
+import torch
+
+from bridgebench.bridges import Bridge, BridgeNetBridge, LinearPoolBridge, QFormerBridge
+from bridgebench.config import BridgeSpec, EncoderSpec, LLMSpec
+from bridgebench.encoders import AudioEncoder, ClapEncoder, Data2VecEncoder, MertEncoder
+from bridgebench.llms import CausalLM, LanguageModel, Seq2SeqLM
+from bridgebench.paths import resolve_pretrained
+
+# name -> (class, family of its `tiny` stand-in)
+ENCODERS = {
+    "clap": (ClapEncoder, "clap"),
+    "mert": (MertEncoder, "mert"),
+    "data2vec": (Data2VecEncoder, "data2vec"),
+}
+BRIDGES = {
+    "qformer": QFormerBridge,
+    "bridgenet": BridgeNetBridge,
+    "linear_pool": LinearPoolBridge,
+}
+LLMS = {
+    "seq2seq": (Seq2SeqLM, "t5"),
+    "causal": (CausalLM, "llama"),
+}
+
+
+def build_encoder(spec: EncoderSpec) -> AudioEncoder:
+    cls, family = ENCODERS[spec.name]
+    kwargs = asdict(getattr(spec, spec.name))
+    kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"], f"model.encoder.{spec.name}.pretrained", family)
+    return cls(**kwargs)
+
+
+def build_bridge(spec: BridgeSpec, in_dim: int, out_dim: int) -> Bridge:
+    return BRIDGES[spec.name](in_dim, out_dim, **asdict(getattr(spec, spec.name)))
+
+
+def build_llm(spec: LLMSpec, dtype: Optional[torch.dtype]) -> LanguageModel:
+    cls, family = LLMS[spec.name]
+    kwargs = asdict(getattr(spec, spec.name))
+    kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"], f"model.llm.{spec.name}.pretrained", family)
+    if spec.name == "causal" and getattr(spec, spec.name).pretrained == "tiny":
+        kwargs["gguf_file"] = None  # the tiny stand-in is a plain folder
+    return cls(mode=spec.mode, dtype=dtype, lora=spec.lora, **kwargs)

@@ -1,0 +1,278 @@
+"""BLIP-2 Q-Former (BLAP) and MINT's instruction-aware Bridge-Net, on one Q-Former body.
+
+Why our own layers: transformers' BERT with cross-attention is forced to be a causal decoder, and
+its Blip2QFormerModel has no text branch for the stage-1 objectives. The body below follows the
+LAVIS Q-Former (see ../shared/design/anchors.md §1.1-1.3):
+
+- sequence = [queries ; text]; one LayerNorm + dropout over it (text gets word + position
+  embeddings, queries none, no token-type embedding);
+- self-attention shared by queries and text, under a caller-given mask (bidirectional by default);
+- cross-attention to the audio features in every k-th layer (layers 0, k, 2k, ...), for query
+  positions only;
+- two FFNs per layer: queries use ``intermediate_query``/``output_query``, text the BERT FFN.
+
+Parameter names follow BERT/LAVIS (``attention.self.query``, ``crossattention.self.key``,
+``intermediate_query``), so a BERT checkpoint maps onto it by name; cross-attention is new and
+random (std 0.02) and the query FFN is copied from the text FFN, as BLIP-2 initialises it.
+Attention runs through ``scaled_dot_product_attention`` (flash/SDPA kernels where available).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bridgebench.bridges.base import Bridge
+
+
+class QFormerAttention(nn.Module):
+    """Multi-head attention with BERT naming: ``self.{query,key,value}``, ``output.{dense,LayerNorm}``."""
+
+    def __init__(self, hidden: int, heads: int, kv_width: int, eps: float, dropout: float, attn_dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {heads} heads")
+        self.heads = heads
+        self.attn_dropout = attn_dropout
+        self.self = nn.Module()
+        self.self.query = nn.Linear(hidden, hidden)
+        self.self.key = nn.Linear(kv_width, hidden)
+        self.self.value = nn.Linear(kv_width, hidden)
+        self.output = nn.Module()
+        self.output.dense = nn.Linear(hidden, hidden)
+        self.output.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.output.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``mask``: bool [B, 1 or Lq, Lk], True = may attend."""
+        q, k, v = self._split(self.self.query(x)), self._split(self.self.key(context)), self._split(self.self.value(context))
+        attn_mask = mask.unsqueeze(1) if mask is not None else None
+        p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        out = out.transpose(1, 2).reshape(x.shape)
+        return self.output.LayerNorm(self.output.dropout(self.output.dense(out)) + x)
+
+
+def _ffn_parts(hidden: int, inner: int, eps: float, dropout: float) -> tuple[nn.Module, nn.Module]:
+    """A BERT FFN as BERT's two modules: ``intermediate.dense`` and ``output.{dense,LayerNorm,dropout}``."""
+    intermediate = nn.Module()
+    intermediate.dense = nn.Linear(hidden, inner)
+    output = nn.Module()
+    output.dense = nn.Linear(inner, hidden)
+    output.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+    output.dropout = nn.Dropout(dropout)
+    return intermediate, output
+
+
+def _ffn(intermediate: nn.Module, output: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h = F.gelu(intermediate.dense(x))
+    return output.LayerNorm(output.dropout(output.dense(h)) + x)
+
+
+class QFormerLayer(nn.Module):
+    def __init__(self, cfg, encoder_width: int, has_cross: bool, has_text: bool):
+        super().__init__()
+        h, eps = cfg.hidden_size, cfg.layer_norm_eps
+        drop, adrop = cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob
+        self.attention = QFormerAttention(h, cfg.num_attention_heads, h, eps, drop, adrop)
+        self.crossattention = (
+            QFormerAttention(h, cfg.num_attention_heads, encoder_width, eps, drop, adrop) if has_cross else None
+        )
+        self.intermediate_query, self.output_query = _ffn_parts(h, cfg.intermediate_size, eps, drop)
+        self.has_text = has_text
+        if has_text:
+            self.intermediate, self.output = _ffn_parts(h, cfg.intermediate_size, eps, drop)
+
+    def forward(self, x, num_queries, self_mask, audio, audio_mask):
+        x = self.attention(x, x, self_mask)
+        queries, text = x[:, :num_queries], x[:, num_queries:]
+        if self.crossattention is not None and num_queries:
+            queries = self.crossattention(queries, audio, audio_mask)
+        queries = _ffn(self.intermediate_query, self.output_query, queries)
+        if text.shape[1]:
+            if not self.has_text:
+                raise RuntimeError("this Q-Former was built without its text branch")
+            text = _ffn(self.intermediate, self.output, text)
+        return torch.cat([queries, text], dim=1)
+
+
+class QFormer(nn.Module):
+    """The Q-Former body: learned queries (+ optional text) in, hidden states out."""
+
+    def __init__(self, bert_config, encoder_width: int, num_queries: int, cross_attention_freq: int,
+                 with_text: bool):
+        super().__init__()
+        cfg = bert_config
+        self.config = cfg
+        self.num_queries = num_queries
+        self.with_text = with_text
+        h = cfg.hidden_size
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, h))
+        self.embeddings = nn.Module()
+        if with_text:
+            self.embeddings.word_embeddings = nn.Embedding(cfg.vocab_size, h, padding_idx=cfg.pad_token_id)
+            self.embeddings.position_embeddings = nn.Embedding(cfg.max_position_embeddings, h)
+        self.embeddings.LayerNorm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.embeddings.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(
+            QFormerLayer(cfg, encoder_width, i % cross_attention_freq == 0, with_text)
+            for i in range(cfg.num_hidden_layers)
+        )
+        self.apply(self._init_weights)
+        nn.init.normal_(self.query_tokens, std=cfg.initializer_range)
+
+    def _init_weights(self, m: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def load_bert(self, bert_state: dict[str, torch.Tensor]) -> list[str]:
+        """Copy BERT weights by name; the query FFN starts as a copy of the text FFN (BLIP-2).
+        Returns the parameter names left at their random init (cross-attention and queries)."""
+        state = {k.removeprefix("bert."): v for k, v in bert_state.items()}
+        own = self.state_dict()
+        new = {}
+        for name in own:
+            source = name
+            if ".intermediate_query." in name:
+                source = name.replace(".intermediate_query.", ".intermediate.")
+            elif ".output_query." in name:
+                source = name.replace(".output_query.", ".output.")
+            if source in state and state[source].shape == own[name].shape:
+                new[name] = state[source]
+        self.load_state_dict(new, strict=False)
+        return sorted(set(own) - set(new))
+
+    def forward(
+        self,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        self_mask: Optional[torch.Tensor] = None,
+        query_embeds: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Hidden states of [queries ; text], shape [B, Q + L, H].
+
+        ``self_mask`` (bool [B, Q+L, Q+L], True = may attend) sets who sees whom; the default is
+        bidirectional over the non-padding positions.
+        """
+        b = audio.shape[0]
+        queries = self.query_tokens.expand(b, -1, -1) if query_embeds is None else query_embeds
+        parts = [queries]
+        masks = [torch.ones(b, queries.shape[1], dtype=torch.bool, device=audio.device)]
+        if input_ids is not None:
+            pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+            parts.append(self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(pos))
+            masks.append(text_mask.bool() if text_mask is not None else torch.ones_like(input_ids, dtype=torch.bool))
+        x = self.embeddings.dropout(self.embeddings.LayerNorm(torch.cat(parts, dim=1)))
+        if self_mask is None:
+            self_mask = torch.cat(masks, dim=1).unsqueeze(1)  # [B, 1, Q+L]
+        cross_mask = audio_mask.bool().unsqueeze(1)
+        for layer in self.encoder.layer:
+            x = layer(x, queries.shape[1], self_mask, audio, cross_mask)
+        return x
+
+
+def load_bert(reference: str, key: str):
+    """Config, state dict and tokenizer of a BERT checkpoint (hub id, folder, ``pkg:``, ``tiny``)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from bridgebench.paths import resolve_pretrained
+
+    path = resolve_pretrained(reference, key, family="bert")
+    config = AutoConfig.from_pretrained(path)
+    state = AutoModel.from_pretrained(path).state_dict()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return config, state, tokenizer
+
+
+@dataclass
+class InstructionTokens:
+    """BERT tokens of the instructions for the Bridge-Net (runs in data-loader workers).
+    Left truncation keeps the end of long instructions, as InstructBLIP does."""
+
+    tokenizer: object
+    max_tokens: int
+
+    def __call__(self, instructions: list[str]) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        tok.truncation_side = "left"
+        enc = tok(instructions, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        return {"bridge_ids": enc.input_ids, "bridge_mask": enc.attention_mask.bool()}
+
+
+class QFormerBridge(Bridge):
+    """BLAP/BLIP-2 bridge: LayerNorm on the audio features, Q-Former, linear projection to the LLM.
+
+    In stage 2 the Q-Former's text parts are not built (LAVIS deletes them for stage 2); a stage-1
+    checkpoint's text weights are then ignored on load.
+    """
+
+    uses_instruction = False
+
+    def __init__(self, in_dim: int, out_dim: int, bert: str = "bert-base-uncased", num_queries: int = 32,
+                 cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
+                 with_text: bool = False):
+        super().__init__()
+        config, state, tokenizer = load_bert(bert, "model.bridge.bert")
+        if num_layers is not None:
+            config.num_hidden_layers = num_layers
+        self.bert_reference = bert
+        self.max_text_tokens = max_text_tokens
+        self.tokenizer = tokenizer
+        self.ln_audio = nn.LayerNorm(in_dim)
+        self.qformer = QFormer(config, in_dim, num_queries, cross_attention_freq, with_text=with_text)
+        self.random_init = self.qformer.load_bert(state)
+        self.proj = nn.Linear(config.hidden_size, out_dim)
+        self.num_queries = num_queries
+        self.hidden_size = config.hidden_size
+
+    def forward(self, features, feature_mask, text=None):
+        hidden = self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))
+        prompt = self.proj(hidden[:, : self.num_queries])
+        return prompt, torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
+
+    def _text_inputs(self, text) -> dict:
+        return {}
+
+    def stage1_only_keys(self) -> tuple[str, ...]:
+        # Stage-1 text-branch weights a stage-2 Q-Former has no place for (LAVIS deletes them).
+        return ("qformer.embeddings.word_embeddings", "qformer.embeddings.position_embeddings",
+                ".intermediate.", ".output.dense", ".output.LayerNorm")
+
+
+class BridgeNetBridge(QFormerBridge):
+    """MINT's Bridge-Net: the instruction (BERT tokens, left-truncated) joins the queries in one
+    bidirectional self-attention pass; only the query outputs are projected to the LLM."""
+
+    uses_instruction = True
+
+    def __init__(self, in_dim: int, out_dim: int, bert: str = "bert-base-uncased", num_queries: int = 32,
+                 cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128):
+        super().__init__(in_dim, out_dim, bert, num_queries, cross_attention_freq, num_layers, max_text_tokens,
+                         with_text=True)
+        self.text_processor = InstructionTokens(self.tokenizer, max_text_tokens)
+
+    def _text_inputs(self, text) -> dict:
+        if text is None or "bridge_ids" not in text:
+            raise ValueError("bridgenet needs instruction tokens ('bridge_ids'); the data must carry instructions")
+        return {"input_ids": text["bridge_ids"], "text_mask": text["bridge_mask"]}
+
+    def stage1_only_keys(self) -> tuple[str, ...]:
+        return ()

@@ -1,0 +1,142 @@
+"""`causal`: a decoder-only LM (Vicuna/LLaMA) driven by a soft prompt at an audio slot.
+
+The sequence is ``[BOS ; template text before <AudioHere> ; soft prompt ; template text after it,
+with the instruction ; answer + end symbol]`` (MusiLingo: ``###Human: <Audio><AudioHere></Audio>
+{instruction} ###Assistant: `` and end symbol ``###``). Labels are -100 everywhere except the answer
+and end-symbol tokens, so only they carry loss.
+
+Unlike MusiLingo, which pads each piece to the batch maximum and leaves padding in the middle of
+the sequence, the pieces are packed per sample (padding moved to the end for training, to the
+front for generation), so position ids stay contiguous. ``lm_head`` runs only at answer positions,
+which avoids vocabulary-sized logits at every prompt position.
+
+Loads from a hub id, a local folder, or a GGUF file (``gguf_file``; transformers de-quantises it),
+so the packaged SmolLM2-135M runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from bridgebench.config import GenerationSpec, LoraOptions
+from bridgebench.llms.base import LanguageModel, pad_right
+
+AUDIO_SLOT = "<AudioHere>"
+
+
+@dataclass
+class CausalText:
+    """Tokenises the template pieces and answers (runs in data-loader workers)."""
+
+    tokenizer: object
+    template: str
+    end_symbol: Optional[str]
+    add_bos: bool
+    max_prompt_tokens: int
+    max_target_tokens: int
+
+    def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        before, after = self.template.split(AUDIO_SLOT, 1)
+        bos = [tok.bos_token_id] if self.add_bos and tok.bos_token_id is not None else []
+        pre, post = [], []
+        for instruction in instructions:
+            pre.append(bos + tok(before.format(instruction=instruction), add_special_tokens=False).input_ids)
+            ids = tok(after.format(instruction=instruction), add_special_tokens=False).input_ids
+            post.append(ids[-self.max_prompt_tokens:])  # keep the end: it holds the assistant cue
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out = {}
+        out["pre_ids"], out["pre_mask"] = pad_right(pre, pad)
+        out["post_ids"], out["post_mask"] = pad_right(post, pad)
+        if targets is not None:
+            answers = []
+            for target in targets:
+                if self.end_symbol is None:
+                    ids = tok(target, add_special_tokens=False).input_ids[: self.max_target_tokens - 1]
+                    ids = ids + [tok.eos_token_id]
+                else:
+                    ids = tok(target + self.end_symbol, add_special_tokens=False).input_ids[: self.max_target_tokens]
+                answers.append(ids)
+            out["target_ids"], out["target_mask"] = pad_right(answers, pad)
+        return out
+
+
+def pack(embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor], left: bool):
+    """Move each row's padding to one side, keeping the order of real positions."""
+    key = mask.long() if left else (~mask).long()
+    order = torch.sort(key, dim=1, stable=True).indices
+    embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))
+    mask = torch.gather(mask, 1, order)
+    labels = torch.gather(labels, 1, order) if labels is not None else None
+    return embeds, mask, labels
+
+
+class CausalLM(LanguageModel):
+    kind = "causal"
+
+    def __init__(self, pretrained: str, mode: str = "frozen", dtype: Optional[torch.dtype] = None,
+                 gguf_file: Optional[str] = None,
+                 template: str = "###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: ",
+                 end_symbol: Optional[str] = "###", add_bos: bool = True, max_prompt_tokens: int = 128,
+                 max_target_tokens: int = 160, lora: Optional[LoraOptions] = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kw = {}
+        if gguf_file:
+            if os.path.isabs(gguf_file):
+                pretrained, gguf_file = os.path.split(gguf_file)
+            kw["gguf_file"] = gguf_file
+        model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=dtype or torch.float32, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained, **kw)
+        super().__init__(model, tokenizer, pretrained, mode, lora, task_type="CAUSAL_LM")
+        self.gguf_file = gguf_file
+        self.end_symbol = end_symbol
+        self.text_processor = CausalText(tokenizer, template, end_symbol, add_bos, max_prompt_tokens,
+                                         max_target_tokens)
+
+    def assemble(self, soft, soft_mask, text, with_target: bool):
+        """Embeddings, mask and labels of [pre ; soft ; post ; (target)], packed."""
+        pre, post = self.embed(text["pre_ids"]), self.embed(text["post_ids"])
+        pieces = [pre, soft.to(pre.dtype), post]
+        masks = [text["pre_mask"], soft_mask, text["post_mask"]]
+        labels = None
+        if with_target:
+            pieces.append(self.embed(text["target_ids"]))
+            masks.append(text["target_mask"])
+            n_prompt = sum(p.shape[1] for p in pieces[:3])
+            ignore = torch.full((soft.shape[0], n_prompt), -100, dtype=torch.long, device=soft.device)
+            answer = text["target_ids"].masked_fill(~text["target_mask"], -100)
+            labels = torch.cat([ignore, answer], dim=1)
+        embeds, mask = torch.cat(pieces, dim=1), torch.cat(masks, dim=1)
+        return pack(embeds, mask, labels, left=not with_target)
+
+    def loss_from_inputs(self, embeds, mask, labels) -> torch.Tensor:
+        """Next-token cross-entropy at labelled positions only; the LM head runs only there."""
+        hf = self.hf
+        body = getattr(hf, hf.base_model_prefix)
+        hidden = body(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        targets = labels[:, 1:]
+        selected = targets != -100
+        logits = hf.get_output_embeddings()(hidden[:, :-1][selected])
+        return F.cross_entropy(logits.float(), targets[selected])
+
+    def loss(self, soft, soft_mask, text):
+        return self.loss_from_inputs(*self.assemble(soft, soft_mask, text, with_target=True))
+
+    @torch.no_grad()
+    def generate(self, soft, soft_mask, text, gen: GenerationSpec) -> list[str]:
+        embeds, mask, _ = self.assemble(soft, soft_mask, text, with_target=False)
+        kw = self.decoding_kwargs(gen)
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.long(), pad_token_id=pad,
+                                  eos_token_id=tok.eos_token_id, **kw)
+        texts = tok.batch_decode(out, skip_special_tokens=True)
+        if self.end_symbol:
+            texts = [t.split(self.end_symbol, 1)[0] for t in texts]
+        return [t.strip() for t in texts]

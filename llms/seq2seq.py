@@ -1,0 +1,70 @@
+"""`seq2seq`: an encoder-decoder LM (Flan-T5) driven by a soft prompt.
+
+As in LAVIS/BLAP stage 2: the T5 encoder reads ``[soft prompt ; embedded prompt]`` with mask
+``[soft mask ; prompt mask]``; the target text goes to the decoder as labels (padding = -100; T5
+shifts right internally and appends its EOS through the tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from bridgebench.config import GenerationSpec, LoraOptions
+from bridgebench.llms.base import LanguageModel, pad_right
+
+
+@dataclass
+class Seq2SeqText:
+    """Tokenises prompts and targets for the T5 path (runs in data-loader workers)."""
+
+    tokenizer: object
+    max_prompt_tokens: int
+    max_target_tokens: int
+
+    def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+        tok = self.tokenizer
+        prompt = tok(instructions, truncation=True, max_length=self.max_prompt_tokens).input_ids
+        out = {}
+        out["prompt_ids"], out["prompt_mask"] = pad_right(prompt, tok.pad_token_id)
+        if targets is not None:
+            target = tok(targets, truncation=True, max_length=self.max_target_tokens).input_ids
+            out["target_ids"], out["target_mask"] = pad_right(target, tok.pad_token_id)
+        return out
+
+
+class Seq2SeqLM(LanguageModel):
+    kind = "seq2seq"
+
+    def __init__(self, pretrained: str, mode: str = "frozen", dtype: Optional[torch.dtype] = None,
+                 dense_act_fn: Optional[str] = None, max_prompt_tokens: int = 128, max_target_tokens: int = 64,
+                 lora: Optional[LoraOptions] = None):
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(pretrained)
+        if dense_act_fn is not None:
+            # LAVIS and BLAP load Flan-T5 with its FFN activation replaced (gelu_new -> gelu).
+            config.dense_act_fn = dense_act_fn
+        model = AutoModelForSeq2SeqLM.from_pretrained(pretrained, config=config, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        super().__init__(model, tokenizer, pretrained, mode, lora, task_type="SEQ_2_SEQ_LM")
+        self.text_processor = Seq2SeqText(tokenizer, max_prompt_tokens, max_target_tokens)
+
+    def encoder_inputs(self, soft, soft_mask, text):
+        prompt = self.embed(text["prompt_ids"])
+        embeds = torch.cat([soft.to(prompt.dtype), prompt], dim=1)
+        mask = torch.cat([soft_mask, text["prompt_mask"]], dim=1)
+        return embeds, mask
+
+    def loss(self, soft, soft_mask, text):
+        embeds, mask = self.encoder_inputs(soft, soft_mask, text)
+        labels = text["target_ids"].masked_fill(~text["target_mask"], -100)
+        return self.model(inputs_embeds=embeds, attention_mask=mask.long(), labels=labels).loss.float()
+
+    @torch.no_grad()
+    def generate(self, soft, soft_mask, text, gen: GenerationSpec) -> list[str]:
+        embeds, mask = self.encoder_inputs(soft, soft_mask, text)
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.long(), **self.decoding_kwargs(gen))
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -1,0 +1,212 @@
+"""Stage-2 training invariants, on tiny real-config models and real batches of the tone set."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_batch, tiny_module
+
+from bridgebench.config import ConfigError
+
+
+@pytest.mark.parametrize("llm", ["seq2seq", "causal"])
+def test_frozen_parameters_get_no_gradient_and_are_not_optimised(llm):
+    m = tiny_module(encoder="mert", bridge="qformer", llm=llm)
+    batch = tiny_batch(m)
+    m.train()
+    m.losses(batch)["loss"].backward()
+    frozen = [n for n, p in m.named_parameters() if n.startswith(("encoder.", "llm."))]
+    assert frozen and all(dict(m.named_parameters())[n].grad is None for n in frozen)
+    assert all(not dict(m.named_parameters())[n].requires_grad for n in frozen)
+    bridge = [p for n, p in m.named_parameters() if n.startswith("bridge.")]
+    assert all(p.grad is not None for p in bridge)
+    assert any(p.grad.abs().sum() > 0 for p in bridge)
+
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    m.trainer = trainer
+    opt = m.configure_optimizers()["optimizer"]
+    optimised = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert optimised == {id(p) for p in bridge}
+
+
+def test_frozen_parts_stay_in_eval_mode_when_lightning_calls_train():
+    m = tiny_module(encoder="clap", bridge="bridgenet", llm="seq2seq")
+    m.train()
+    assert m.bridge.training
+    assert not m.encoder.training and not any(x.training for x in m.encoder.modules())
+    assert not m.llm.training and not any(x.training for x in m.llm.modules())
+
+
+def test_causal_loss_counts_answer_tokens_only():
+    m = tiny_module(llm="causal", bridge="linear_pool")
+    m.eval()
+    batch = tiny_batch(m)
+    text = batch["text"]
+    with torch.no_grad():
+        soft, soft_mask = m.soft_prompt(batch)
+        embeds, mask, labels = m.llm.assemble(soft, soft_mask, text, with_target=True)
+        base = m.llm.loss_from_inputs(embeds, mask, labels)
+
+        # Labels are built from the answer only: a different prompt token changes no label.
+        other = copy.deepcopy(text)
+        other["post_ids"][:, 0] = (other["post_ids"][:, 0] + 7) % len(m.llm.tokenizer)
+        _, _, labels_other = m.llm.assemble(soft, soft_mask, other, with_target=True)
+        assert torch.equal(labels, labels_other)
+        n_answer = int(text["target_mask"].sum())
+        assert int((labels != -100).sum()) == n_answer
+
+        # Relabelling a prompt position (as a model training on the prompt would) leaves the loss as is...
+        prompt_pos = (labels == -100) & mask
+        prompt_pos[:, 0] = False
+        row, col = prompt_pos.nonzero()[0]
+        probe = labels.clone()
+        probe[row, col] = -100  # already ignored: identical
+        assert torch.equal(m.llm.loss_from_inputs(embeds, mask, probe), base)
+        # ...while relabelling an answer token does change it.
+        answer_pos = (labels != -100).nonzero()[0]
+        changed = labels.clone()
+        changed[tuple(answer_pos)] = (changed[tuple(answer_pos)] + 1) % len(m.llm.tokenizer)
+        assert not torch.allclose(m.llm.loss_from_inputs(embeds, mask, changed), base)
+
+        # Changing the prompt text (not its labels) changes the conditioning, so the loss moves:
+        # the prompt reaches the model, but never as a target.
+        assert not torch.allclose(m.llm.loss(soft, soft_mask, other), base)
+
+
+def test_causal_loss_equals_reference_cross_entropy_over_answer_tokens():
+    m = tiny_module(llm="causal", bridge="linear_pool")
+    m.eval()
+    batch = tiny_batch(m)
+    with torch.no_grad():
+        soft, soft_mask = m.soft_prompt(batch)
+        embeds, mask, labels = m.llm.assemble(soft, soft_mask, batch["text"], with_target=True)
+        ours = m.llm.loss_from_inputs(embeds, mask, labels)
+        logits = m.llm.model(inputs_embeds=embeds, attention_mask=mask.long()).logits
+        ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("llm", ["seq2seq", "causal"])
+def test_soft_prompt_reaches_the_llm(llm):
+    m = tiny_module(llm=llm, bridge="qformer")
+    m.eval()
+    batch = tiny_batch(m)
+    with torch.no_grad():
+        soft, soft_mask = m.soft_prompt(batch)
+        loss = m.llm.loss(soft, soft_mask, batch["text"])
+        zeroed = m.llm.loss(torch.zeros_like(soft), soft_mask, batch["text"])
+    assert torch.isfinite(loss) and not torch.allclose(loss, zeroed)
+
+
+@pytest.mark.parametrize("llm", ["seq2seq", "causal"])
+def test_generation_from_soft_prompts_returns_text(llm):
+    m = tiny_module(llm=llm, bridge="qformer")
+    m.gen.min_length = 3
+    m.eval()
+    batch = tiny_batch(m, batch_size=3, train=False)
+    texts = m.generate(batch)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert any(t.strip() for t in texts)
+
+
+def test_causal_batched_generation_matches_one_by_one():
+    m = tiny_module(llm="causal", bridge="linear_pool")
+    m.eval()
+    batch = tiny_batch(m, batch_size=3, train=False)
+    together = m.generate(batch)
+    for i in range(3):
+        single = {k: (v[i:i + 1] if torch.is_tensor(v) else v[i:i + 1]) for k, v in batch.items() if k != "text"}
+        single["text"] = m.data_contract().text([batch["instruction"][i]], [batch["target"][i]])
+        # Trim the sample's own audio padding, as it would be collated alone.
+        n = int(batch["audio_mask"][i].sum())
+        single["audio"], single["audio_mask"] = single["audio"][:, :n], single["audio_mask"][:, :n]
+        assert m.generate(single) == [together[i]]
+
+
+def _fit(module, tmp_path, steps=2):
+    from bridgebench.datamodules import AudioTextDataModule
+
+    dm = AudioTextDataModule(manifest="builtin:tones", batch_size=2, num_workers=0, clip_seconds=2.0)
+    trainer = L.Trainer(max_steps=steps, default_root_dir=str(tmp_path), logger=False, enable_progress_bar=False,
+                        limit_val_batches=0, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    path = tmp_path / "ckpt.ckpt"
+    trainer.save_checkpoint(str(path))
+    return path
+
+
+def test_checkpoint_holds_only_trainable_weights(tmp_path):
+    m = tiny_module(encoder="mert", bridge="bridgenet", llm="seq2seq")
+    path = _fit(m, tmp_path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    keys = set(ckpt["state_dict"])
+    assert keys == {n for n, p in m.named_parameters() if p.requires_grad}
+    assert keys and all(k.startswith("bridge.") for k in keys)
+    assert ckpt["bridgebench"]["components"]["bridge"] == "bridgenet"
+
+    # A fresh module restores the trained bridge from it.
+    fresh = tiny_module(encoder="mert", bridge="bridgenet", llm="seq2seq")
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"], strict=False)
+    for k in keys:
+        torch.testing.assert_close(fresh.state_dict()[k], m.state_dict()[k])
+
+
+def test_stage1_checkpoint_loads_into_stage2(tmp_path):
+    stage1 = tiny_module(encoder="mert", bridge="linear_pool", llm="causal", template="<AudioHere>",
+                         end_symbol="\n")
+    path = _fit(stage1, tmp_path)
+    stage2 = tiny_module(encoder="mert", bridge="linear_pool", llm="causal", stage1_checkpoint=str(path))
+    for k, v in stage1.bridge.state_dict().items():
+        torch.testing.assert_close(stage2.bridge.state_dict()[k], v)
+    untouched = tiny_module(encoder="mert", bridge="linear_pool", llm="causal")
+    assert not torch.allclose(untouched.bridge.proj.weight, stage2.bridge.proj.weight)
+
+
+def test_stage1_checkpoint_of_another_shape_is_refused(tmp_path):
+    from conftest import tiny_specs
+
+    from bridgebench.module import BridgeModule
+
+    path = _fit(tiny_module(encoder="mert", bridge="qformer", llm="causal"), tmp_path)
+    specs = tiny_specs(encoder="mert", bridge="qformer", llm="causal")
+    specs["bridge"].qformer.num_queries = 8
+    with pytest.raises(ConfigError, match=r"bridge.qformer.query_tokens' has shape \(1, 4, 32\)"):
+        BridgeModule(**specs, stage1_checkpoint=str(path))
+    with pytest.raises(ConfigError, match="another bridge shape"):
+        tiny_module(encoder="mert", bridge="linear_pool", llm="causal", stage1_checkpoint=str(path))
+
+
+def test_trainable_checkpoint_of_another_configuration_is_refused(tmp_path):
+    m = tiny_module(encoder="mert", bridge="linear_pool", llm="causal")
+    ckpt = torch.load(_fit(m, tmp_path), map_location="cpu", weights_only=True)
+    other = tiny_module(encoder="mert", bridge="qformer", llm="causal")
+    with pytest.raises(ConfigError, match="lacks"):
+        other.on_load_checkpoint(ckpt)
+
+
+def test_component_report_says_what_is_frozen_and_trained():
+    m = tiny_module(encoder="clap", bridge="qformer", llm="causal")
+    lines = m.component_report()
+    assert lines[0].startswith("encoder") and " frozen " in lines[0] and " 0 trained" in lines[0]
+    assert lines[1].startswith("bridge") and " trained " in lines[1]
+    assert lines[2].startswith("llm") and " frozen " in lines[2]
+
+
+def test_lora_mode_trains_adapters_only():
+    from conftest import tiny_specs
+
+    from bridgebench.module import BridgeModule
+
+    specs = tiny_specs(llm="causal", bridge="linear_pool")
+    specs["llm"].mode = "lora"
+    m = BridgeModule(**specs)
+    trained = [n for n, p in m.llm.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    m.train()
+    m.losses(tiny_batch(m))["loss"].backward()
+    assert all(p.grad is not None for n, p in m.llm.named_parameters() if p.requires_grad)
+    assert all(p.grad is None for n, p in m.llm.named_parameters() if not p.requires_grad)
