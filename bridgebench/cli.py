@@ -14,7 +14,7 @@ from typing import Optional
 
 from lightning.pytorch.cli import LightningCLI
 
-from bridgebench.config import ConfigError
+from bridgebench.config import ConfigError, validate_model_section
 from bridgebench.datamodules import AudioTextDataModule, ManifestError
 from bridgebench.datamodules.audio import AudioError
 from bridgebench.module import BridgeModule
@@ -33,6 +33,13 @@ def quiet_libraries() -> None:
 class BridgeCLI(LightningCLI):
     """LightningCLI with bridgebench's defaults: the run folder is ``trainer.default_root_dir``
     (CSV logs, checkpoints/, predictions.jsonl and the resolved config all land there)."""
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        # Checked right after parsing: before seeding, data or any model is touched.
+        validate_model_section(config.model.as_dict())
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -11,6 +11,7 @@ several kinds at once. The dataclass docstrings are what ``--help`` prints.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -252,6 +253,32 @@ def check_pretrained(key: str, value: str) -> None:
 def _check_name(key: str, name: str, kinds: tuple[str, ...]) -> None:
     if name not in kinds:
         raise ConfigError(f"{key}: unknown name '{name}'; choose one of: {', '.join(kinds)}")
+
+
+def spec_from_dict(cls, data: dict):
+    """Build a (nested) spec dataclass from a plain dict, e.g. a parsed YAML section."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        default = cls.__dataclass_fields__[f.name].default_factory
+        if isinstance(value, dict) and default is not dataclasses.MISSING and dataclasses.is_dataclass(default()):
+            value = spec_from_dict(type(default()), value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def validate_model_section(model: dict, check_stage1: bool = True) -> None:
+    """``validate_config`` on the ``model:`` section of a parsed config (plain dicts)."""
+    validate_config(
+        spec_from_dict(EncoderSpec, model.get("encoder") or {}),
+        spec_from_dict(BridgeSpec, model.get("bridge") or {}),
+        spec_from_dict(LLMSpec, model.get("llm") or {}),
+        dict(model.get("objectives") or {"lm": 1.0}),
+        model.get("stage1_checkpoint") if check_stage1 else None,
+        model.get("frozen_dtype", "auto"),
+    )
 
 
 def validate_config(

@@ -229,9 +229,10 @@ class BridgeModule(L.LightningModule):
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        if self.trainer.is_global_zero and self.trainer.log_dir:
-            os.makedirs(self.trainer.log_dir, exist_ok=True)
-            path = os.path.join(self.trainer.log_dir, "predictions.jsonl")
+        if self.trainer.is_global_zero:
+            run_dir = self.trainer.default_root_dir  # the run folder (see cli.BridgeCLI)
+            os.makedirs(run_dir, exist_ok=True)
+            path = os.path.join(run_dir, "predictions.jsonl")
             tmp = path + ".tmp"
             with open(tmp, "w") as f:
                 for row in sorted(rows, key=lambda r: str(r["id"])):

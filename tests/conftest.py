@@ -79,3 +79,9 @@ def tiny_batch(module, batch_size: int = 2, task: str = "caption", train: bool =
     dm.connect(module.data_contract())
     loader = dm.train_dataloader() if train else dm.test_dataloader()
     return next(iter(loader))
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    # In-process CLI runs get their args explicitly; pytest's own argv must not leak into them.
+    monkeypatch.setattr("sys.argv", ["bridgebench"])
