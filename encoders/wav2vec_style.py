@@ -53,6 +53,7 @@ class HiddenStatesEncoder(AudioEncoder):
         with self.backbone_grad():
             out = self.model(audio.to(dtype), attention_mask=audio_mask.long(), output_hidden_states=need_all)
         if self.layers == "last":
+            # The model's output; with stable layer norm it differs from hidden_states[-1].
             feats = out.last_hidden_state
         elif self.layers == "mean":
             feats = torch.stack(out.hidden_states, dim=0).mean(dim=0)
@@ -85,7 +86,14 @@ class MertEncoder(HiddenStatesEncoder):
 
 
 class Data2VecEncoder(HiddenStatesEncoder):
-    """data2vec-audio (16 kHz)."""
+    """data2vec-audio (16 kHz).
+
+    Its positional embedding is a stack of padded convolutions, and transformers zeroes the padded
+    frames only before the stack: in a batch of unequal clips, padding then leaks into the last
+    real frames of the shorter clips (by about 1.0 on the tiny model, 1e-3 everywhere through
+    attention). A hook zeroes padded frames after every positional conv layer, so a clip's features
+    do not depend on what it is batched with.
+    """
 
     family = "data2vec"
     sample_rate = 16_000
@@ -95,3 +103,21 @@ class Data2VecEncoder(HiddenStatesEncoder):
 
         model = Data2VecAudioModel.from_pretrained(pretrained)
         super().__init__(model, pretrained, layers, normalize)
+        self._frame_mask = None
+        for layer in model.encoder.pos_conv_embed.layers:
+            layer.register_forward_hook(self._zero_padding)
+
+    def _zero_padding(self, module, inputs, output):
+        mask = self._frame_mask
+        if mask is None or mask.shape[-1] != output.shape[-1]:
+            return output
+        return output * mask.unsqueeze(1).to(output.dtype)  # output: [B, channels, frames]
+
+    def forward(self, audio, audio_mask):
+        lengths = self.model._get_feat_extract_output_lengths(audio_mask.sum(1))
+        frames = self.model._get_feat_extract_output_lengths(torch.tensor(audio.shape[1]))
+        self._frame_mask = torch.arange(int(frames), device=audio.device).unsqueeze(0) < lengths.unsqueeze(1)
+        try:
+            return super().forward(audio, audio_mask)
+        finally:
+            self._frame_mask = None
