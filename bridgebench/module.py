@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+
+# Frozen encoder/LLM are in eval mode on purpose; Lightning's generic hint about it is noise here.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 from bridgebench.config import (
     BridgeSpec,
@@ -241,13 +245,13 @@ class BridgeModule(L.LightningModule):
             rank_zero_info(f"wrote {len(rows)} predictions to {path}")
 
     def predict_step(self, batch, batch_idx):
-        return [{"id": i, "prediction": t} for i, t in zip(batch["id"], self.generate(batch))]
+        return [{"id": i, "prediction": t} for i, t in zip(batch["id"], self.generate(batch), strict=True)]
 
     # === Optimisation ===
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         o = self.optim
