@@ -1,4 +1,5 @@
-"""The command line: ``python -m bridgebench fit|validate|test|predict --config experiments/<name>.yaml``.
+"""The command line: ``python -m bridgebench fit|validate|test|predict --config experiments/<name>.yaml``,
+and ``python -m bridgebench cache --config ...`` (fill the frozen-feature cache).
 
 One config system, LightningCLI (jsonargparse): presets are YAML files, later ``--config`` files
 and ``--key=value`` flags override earlier ones, and ``--help`` prints every option with its
@@ -17,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from bridgebench.config import ConfigError, validate_model_section
 from bridgebench.datamodules import AudioTextDataModule, ManifestError
 from bridgebench.datamodules.audio import AudioError
+from bridgebench.datamodules.datamodule import FeatureCacheMiss
 from bridgebench.module import BridgeModule
 
 
@@ -67,9 +69,14 @@ def run(args: Optional[list[str]] = None) -> BridgeCLI:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        run(argv)
-    except (ConfigError, ManifestError, AudioError) as err:
+        if words[:1] == ["cache"]:
+            from bridgebench.cache import main as cache_main
+
+            return cache_main(words[1:])
+        run(argv)  # None: LightningCLI reads sys.argv itself
+    except (ConfigError, ManifestError, AudioError, FeatureCacheMiss) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -44,6 +44,8 @@ class DataContract:
     sample_rate: int
     max_seconds: Optional[float]
     text: "TextProcessor"
+    encoder_key: Optional[str] = None
+    """Feature-cache key of a frozen encoder (None when its features cannot be cached)."""
 
 
 @dataclass
@@ -132,6 +134,9 @@ class BridgeModule(L.LightningModule):
         if stage1_checkpoint is not None:
             self.load_stage1(stage1_checkpoint)
         self._predictions: list[dict] = []
+        self._skipped: list[dict] = []
+        self._encoder_key: Optional[str] = None
+        self.feature_mode = False  # predict returns encoder features (the cache pass)
         self.train()  # the override keeps the frozen parts in eval mode
 
     # === Freezing ===
@@ -180,12 +185,28 @@ class BridgeModule(L.LightningModule):
     def data_contract(self) -> DataContract:
         bridge_text = self.bridge.text_processor if self.bridge.uses_instruction else None
         return DataContract(self.encoder.sample_rate, self.encoder.max_seconds,
-                            TextProcessor(self.llm.text_processor, bridge_text))
+                            TextProcessor(self.llm.text_processor, bridge_text), self.encoder_cache_key())
+
+    def encoder_cache_key(self) -> Optional[str]:
+        """Key of this encoder's cached features: identity + weights fingerprint; None if it trains."""
+        if not self.encoder.frozen or self.encoder.trainable_when_frozen():
+            return None
+        if self._encoder_key is None:
+            from bridgebench.datamodules.features import encoder_key, weights_fingerprint
+
+            self._encoder_key = encoder_key(self.encoder.identity(), weights_fingerprint(self.encoder))
+        return self._encoder_key
 
     # === Forward ===
 
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features of a batch, or the cached ones the batch carries."""
+        if "features" in batch:
+            return batch["features"], batch["feature_mask"]
+        return self.encoder(batch["audio"], batch["audio_mask"])
+
     def soft_prompt(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, mask = self.encoder(batch["audio"], batch["audio_mask"])
+        feats, mask = self.encode(batch)
         return self.bridge(feats.float(), mask, batch["text"])
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -199,7 +220,41 @@ class BridgeModule(L.LightningModule):
             key = f"{prefix}/loss" if name == "loss" else f"{prefix}/loss_{name}"
             self.log(key, value, batch_size=batch_size, prog_bar=name == "loss", sync_dist=prefix != "train")
 
+    # === Skipped clips ===
+
+    def _note_skipped(self, batch: dict) -> bool:
+        """Record the batch's skipped clips; True when nothing is left to compute on."""
+        self._skipped.extend(batch.get("skipped", []))
+        return len(batch["id"]) == 0
+
+    def _report_skipped(self, stage: str) -> None:
+        rows = self._skipped
+        self._skipped = []
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if self.trainer is None or not self.trainer.is_global_zero or not rows:
+            return
+        run_dir = self.trainer.default_root_dir
+        os.makedirs(run_dir, exist_ok=True)
+        path = os.path.join(run_dir, "skipped_audio.jsonl")
+        with open(path, "a") as f:
+            for row in rows:
+                f.write(json.dumps({"stage": stage, "epoch": self.current_epoch, **row}) + "\n")
+        rank_zero_info(f"{stage}: skipped {len(rows)} clip(s) with bad audio this epoch; listed in {path}")
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._report_skipped("validate")
+
+    # === Steps ===
+
     def training_step(self, batch, batch_idx):
+        if self._note_skipped(batch):
+            return None  # every clip of this batch was bad; nothing to learn from
         losses = self.losses(batch)
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(
@@ -210,6 +265,8 @@ class BridgeModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
+        if self._note_skipped(batch):
+            return
         self._log_losses("val", self.losses(batch), len(batch["id"]))
 
     def generate(self, batch: dict) -> list[str]:
@@ -219,6 +276,8 @@ class BridgeModule(L.LightningModule):
         return self.llm.generate(soft, soft_mask, batch["text"], self.gen)
 
     def test_step(self, batch, batch_idx):
+        if self._note_skipped(batch):
+            return
         self._log_losses("test", self.losses(batch), len(batch["id"]))
         for i, text in enumerate(self.generate(batch)):
             self._predictions.append({"id": batch["id"][i], "instruction": batch["instruction"][i],
@@ -228,6 +287,7 @@ class BridgeModule(L.LightningModule):
         self._predictions = []
 
     def on_test_epoch_end(self) -> None:
+        self._report_skipped("test")
         rows = self._predictions
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
@@ -245,6 +305,15 @@ class BridgeModule(L.LightningModule):
             rank_zero_info(f"wrote {len(rows)} predictions to {path}")
 
     def predict_step(self, batch, batch_idx):
+        if self._note_skipped(batch):
+            return []
+        if self.feature_mode:
+            # A fixed-window encoder (CLAP) gives every clip all its frames; keep them, so cached
+            # batches have the same shape as encoded ones. Others keep the clip's real frames.
+            feats, mask = self.encoder(batch["audio"], batch["audio_mask"])
+            valid = mask.sum(1)
+            keep = [feats.shape[1] if self.encoder.max_seconds else int(n) for n in valid]
+            return {key: (feats[i, : keep[i]], int(valid[i])) for i, key in enumerate(batch["cache_key"])}
         return [{"id": i, "prediction": t} for i, t in zip(batch["id"], self.generate(batch), strict=True)]
 
     # === Optimisation ===

@@ -6,6 +6,11 @@ encoder or LLM is configured twice. Audio is decoded, mixed to mono and resample
 rate here, never by the user; training crops at random, evaluation deterministically from the
 clip's start. Several captions per clip: training samples one per visit, evaluation keeps all as
 references.
+
+With ``features: cached`` the dataset serves the frozen encoder's cached outputs instead of audio
+(see ``features.py``). With ``skip_bad_audio: true`` a clip that cannot be decoded is left out of
+its batch, listed in the batch's ``skipped`` entry and counted by the module (reported at the end of
+the epoch and written to the run folder); without it, the error stops the run naming the file.
 """
 
 from __future__ import annotations
@@ -19,11 +24,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bridgebench.datamodules.audio import load_audio
+from bridgebench.datamodules.audio import AudioError, load_audio
+from bridgebench.datamodules.features import FeatureStore, example_key
 from bridgebench.datamodules.fixtures import BUILTINS
 from bridgebench.datamodules.manifest import Clip, ManifestError, read_manifest
 
 TASKS = ("caption", "qa")
+FEATURE_MODES = ("audio", "cached")
+CROPS = ("random", "start")
+
+
+class FeatureCacheMiss(ValueError):
+    """Cached features were asked for but are not in the cache."""
 
 
 @dataclass
@@ -50,29 +62,59 @@ def build_examples(clips: list[Clip], task: str, source: str) -> list[Example]:
 
 class AudioTextDataset(Dataset):
     def __init__(self, examples: list[Example], sample_rate: int, clip_seconds: Optional[float],
-                 instructions: list[str], train: bool):
+                 instructions: list[str], train: bool, random_crop: bool = True, skip_bad_audio: bool = False,
+                 store: Optional[FeatureStore] = None, serve_features: bool = False, cache_hint: str = ""):
         self.examples = examples
         self.sample_rate = sample_rate
+        self.clip_seconds = clip_seconds
         self.clip_samples = None if clip_seconds is None else int(round(clip_seconds * sample_rate))
         self.instructions = instructions
         self.train = train
+        self.random_crop = random_crop and train and not serve_features
+        self.skip_bad_audio = skip_bad_audio
+        self.store = store
+        self.serve_features = serve_features
+        self.cache_hint = cache_hint
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict:
-        ex = self.examples[index]
-        audio = load_audio(ex.clip.audio, self.sample_rate, ex.clip.start, ex.clip.end)
+    def cache_key(self, clip: Clip) -> str:
+        return example_key(clip.audio, clip.start, clip.end, self.clip_seconds, self.sample_rate)
+
+    def _signal(self, clip: Clip) -> dict:
+        if self.serve_features:
+            key = self.cache_key(clip)
+            if key not in self.store:
+                raise FeatureCacheMiss(
+                    f"{clip.audio}: no cached features in {self.store.root} (changed file, window or encoder?); "
+                    f"fill the cache with: {self.cache_hint}")
+            feats, valid = self.store.get(key)
+            return {"features": feats, "valid": valid}
+        audio = load_audio(clip.audio, self.sample_rate, clip.start, clip.end)
         if self.clip_samples is not None and len(audio) > self.clip_samples:
             # Seeded per worker by Lightning (seed_everything(workers=True)), so crops are reproducible.
-            offset = random.randrange(len(audio) - self.clip_samples + 1) if self.train else 0
+            offset = random.randrange(len(audio) - self.clip_samples + 1) if self.random_crop else 0
             audio = audio[offset: offset + self.clip_samples]
+        out = {"audio": torch.from_numpy(audio)}
+        if self.store is not None:
+            out["cache_key"] = self.cache_key(clip)
+        return out
+
+    def __getitem__(self, index: int) -> dict:
+        ex = self.examples[index]
+        try:
+            signal = self._signal(ex.clip)
+        except AudioError as err:
+            if not self.skip_bad_audio:
+                raise
+            return {"skip": True, "id": ex.clip.id, "audio_path": ex.clip.audio, "reason": str(err)}
         if ex.instruction is not None:
             instruction = ex.instruction
         else:
             instruction = random.choice(self.instructions) if self.train else self.instructions[0]
         target = random.choice(ex.targets) if self.train else ex.targets[0]
-        return {"id": ex.clip.id, "audio": torch.from_numpy(audio), "instruction": instruction, "target": target,
+        return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
                 "references": list(ex.targets)}
 
 
@@ -83,17 +125,34 @@ class Collate:
     text: object
 
     def __call__(self, items: list[dict]) -> dict:
-        longest = max(len(it["audio"]) for it in items)
-        audio = torch.zeros(len(items), longest)
-        mask = torch.zeros(len(items), longest, dtype=torch.bool)
-        for i, it in enumerate(items):
-            audio[i, : len(it["audio"])] = it["audio"]
-            mask[i, : len(it["audio"])] = True
+        skipped = [{k: it[k] for k in ("id", "audio_path", "reason")} for it in items if it.get("skip")]
+        items = [it for it in items if not it.get("skip")]
         instructions = [it["instruction"] for it in items]
         targets = [it["target"] for it in items]
-        return {"id": [it["id"] for it in items], "audio": audio, "audio_mask": mask, "instruction": instructions,
-                "target": targets, "references": [it["references"] for it in items],
-                "text": self.text(instructions, targets)}
+        batch = {"id": [it["id"] for it in items], "instruction": instructions, "target": targets,
+                 "references": [it["references"] for it in items], "skipped": skipped,
+                 "text": self.text(instructions, targets) if items else {}}
+        if items and "features" in items[0]:
+            batch["features"], _ = _pad([it["features"] for it in items])
+            valid = torch.tensor([it["valid"] for it in items])
+            batch["feature_mask"] = torch.arange(batch["features"].shape[1]).unsqueeze(0) < valid.unsqueeze(1)
+        else:
+            batch["audio"], batch["audio_mask"] = _pad([it["audio"] for it in items])
+        if items and "cache_key" in items[0]:
+            batch["cache_key"] = [it["cache_key"] for it in items]
+        return batch
+
+
+def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad tensors [T, ...] to [B, T_max, ...] with a bool mask [B, T_max]."""
+    longest = max([len(s) for s in seqs] + [0])
+    trailing = seqs[0].shape[1:] if seqs else ()
+    out = torch.zeros((len(seqs), longest, *trailing), dtype=seqs[0].dtype if seqs else torch.float32)
+    mask = torch.zeros(len(seqs), longest, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return out, mask
 
 
 class AudioTextDataModule(L.LightningDataModule):
@@ -112,6 +171,13 @@ class AudioTextDataModule(L.LightningDataModule):
             encoder's own window, if shorter, wins.
         splits: Manifest split names used for train, val, test and predict.
         limit: Use only the first N examples of each split (quick checks).
+        features: ``audio`` (decode and encode every step) or ``cached`` (serve the frozen
+            encoder's outputs written by ``python -m bridgebench cache``).
+        train_crop: ``random`` crops of long clips in training, or ``start`` (always from the
+            clip's start; cached features imply it).
+        skip_bad_audio: Leave undecodable clips out (counted, listed in the run folder) instead of
+            stopping with an error naming the file.
+        feature_cache: Folder of the feature cache (default: ``$BRIDGEBENCH_CACHE/features``).
     """
 
     def __init__(
@@ -125,10 +191,21 @@ class AudioTextDataModule(L.LightningDataModule):
         clip_seconds: Optional[float] = 30.0,
         splits: Optional[dict[str, str]] = None,
         limit: Optional[int] = None,
+        features: str = "audio",
+        train_crop: str = "random",
+        skip_bad_audio: bool = False,
+        feature_cache: Optional[str] = None,
     ):
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"data.task: unknown task '{task}'; choose one of: {', '.join(TASKS)}")
+        for key, value, options in (("task", task, TASKS), ("features", features, FEATURE_MODES),
+                                    ("train_crop", train_crop, CROPS)):
+            if value not in options:
+                raise ValueError(f"data.{key}: unknown value '{value}'; choose one of: {', '.join(options)}")
+        self.features = features
+        self.train_crop = train_crop
+        self.skip_bad_audio = skip_bad_audio
+        self.feature_cache = feature_cache
+        self.cache_hint = "python -m bridgebench cache --config <the same config files>"
         self.manifest = manifest
         self.task = task
         self.instructions = list(instructions or ["Generate an objective music description."])
@@ -173,12 +250,25 @@ class AudioTextDataModule(L.LightningDataModule):
             raise ManifestError(f"{self.manifest}: split '{split}' has no examples for task '{self.task}'")
         windows = [s for s in (self.clip_seconds, self.contract.max_seconds) if s is not None]
         return AudioTextDataset(examples, self.contract.sample_rate, min(windows) if windows else None,
-                                self.instructions, train=role == "train")
+                                self.instructions, train=role == "train", random_crop=self.train_crop == "random",
+                                skip_bad_audio=self.skip_bad_audio, store=self.store(),
+                                serve_features=self.features == "cached", cache_hint=self.cache_hint)
 
-    def _loader(self, role: str) -> DataLoader:
+    def store(self) -> Optional[FeatureStore]:
+        """The feature store of the connected encoder, when its features can be cached."""
+        key = self.contract.encoder_key
+        if key is None:
+            if self.features == "cached":
+                raise ValueError("data.features: cached needs a frozen encoder with fixed layers "
+                                 "(model.encoder.trainable: false, layers not 'weighted')")
+            return None
+        return FeatureStore.for_encoder(key, os.path.join(self.feature_cache, key) if self.feature_cache else None)
+
+    def _loader(self, role: str, shuffle: Optional[bool] = None) -> DataLoader:
         train = role == "train"
         return DataLoader(
-            self.dataset(role), batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+            self.dataset(role), batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train if shuffle is None else shuffle,
             num_workers=self.num_workers, collate_fn=Collate(self.contract.text), drop_last=False,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
