@@ -91,7 +91,9 @@ class QFormerOptions:
     num_layers: Optional[int] = None
     """Use only the first N BERT layers (default: all)."""
     max_text_tokens: int = 128
-    """Instruction tokens kept (left truncation), used by `bridgenet` and the stage-1 text branch."""
+    """Instruction tokens kept (left truncation), used by `bridgenet`."""
+    gradient_checkpointing: bool = False
+    """Recompute Q-Former layers in backward to save memory (all masks are explicit, so ATG stays exact)."""
 
 
 @dataclass
@@ -170,12 +172,45 @@ class LLMSpec:
     """The language model: which kind, how it is trained, and each kind's options."""
 
     name: str = "seq2seq"
-    """One of: seq2seq, causal."""
+    """One of: seq2seq, causal, none (stage 1 without a language model)."""
     mode: str = "frozen"
     """frozen (default), lora, or full."""
     seq2seq: Seq2SeqOptions = field(default_factory=Seq2SeqOptions)
     causal: CausalOptions = field(default_factory=CausalOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
+
+
+# === Stage 1 ===
+
+
+@dataclass
+class Stage1Spec:
+    """Heads of the stage-1 objectives (atc, atm, atg) on the Q-Former / Bridge-Net."""
+
+    projection: str = "linear"
+    """ATC projections: ``linear`` (LAVIS/BLIP-2) or ``mlp`` (BLAP's 2-layer residual MLP with dropout)."""
+    embed_dim: int = 256
+    """Width of the contrastive space."""
+    dropout: float = 0.5
+    """Dropout inside the ``mlp`` projections (BLAP: 0.5)."""
+    temperature: float = 0.07
+    """Initial value of the learnable ATC temperature."""
+    label_smoothing: float = 0.1
+    """On ATC and ATG (LAVIS)."""
+    max_text_tokens: int = 32
+    """Caption tokens of the text branch (right truncation)."""
+
+
+@dataclass
+class EvalSpec:
+    """Stage-1 evaluation: retrieval and zero-shot classification from the ATC similarities."""
+
+    rerank_k: int = 0
+    """Re-rank the top-k ATC candidates by ATM logit + ATC similarity (LAVIS: 128); 0 = off."""
+    zero_shot_label: Optional[str] = None
+    """A manifest ``labels`` key (e.g. ``instrument``): classify clips by similarity to its classes."""
+    zero_shot_prompt: str = "{label}"
+    """Text for each class, e.g. ``this is a recording of {label}``."""
 
 
 # === Optimisation and decoding ===
@@ -214,9 +249,10 @@ class GenerationSpec:
 
 ENCODER_KINDS = ("clap", "mert", "data2vec")
 BRIDGE_KINDS = ("qformer", "bridgenet", "linear_pool")
-LLM_KINDS = ("seq2seq", "causal")
+LLM_KINDS = ("seq2seq", "causal", "none")
 LLM_MODES = ("frozen", "lora", "full")
-OBJECTIVES = ("lm",)
+OBJECTIVES = ("lm", "atc", "atm", "atg")
+STAGE1_OBJECTIVES = ("atc", "atm", "atg")
 FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -278,6 +314,7 @@ def validate_model_section(model: dict, check_stage1: bool = True) -> None:
         dict(model.get("objectives") or {"lm": 1.0}),
         model.get("stage1_checkpoint") if check_stage1 else None,
         model.get("frozen_dtype", "auto"),
+        spec_from_dict(Stage1Spec, model.get("stage1") or {}),
     )
 
 
@@ -288,8 +325,11 @@ def validate_config(
     objectives: dict[str, float],
     stage1_checkpoint: Optional[str] = None,
     frozen_dtype: str = "auto",
+    stage1: Optional[Stage1Spec] = None,
 ) -> None:
     """Check component names, options and paths. Raises one ConfigError line per problem found first."""
+    if stage1 is not None:
+        _check_name("model.stage1.projection", stage1.projection, ("linear", "mlp"))
     _check_name("model.encoder.name", encoder.name, ENCODER_KINDS)
     _check_name("model.bridge.name", bridge.name, BRIDGE_KINDS)
     _check_name("model.llm.name", llm.name, LLM_KINDS)
@@ -323,6 +363,17 @@ def validate_config(
     elif opts.window < 1:
         raise ConfigError(f"model.bridge.linear_pool.window: {opts.window}; it must be >= 1")
 
+    stage1 = [o for o in objectives if o in STAGE1_OBJECTIVES]
+    if stage1 and bridge.name not in ("qformer", "bridgenet"):
+        raise ConfigError(
+            f"model.objectives: {', '.join(stage1)} need a Q-Former bridge (qformer or bridgenet), not '{bridge.name}'"
+        )
+    if "lm" in objectives and llm.name == "none":
+        raise ConfigError("model.objectives.lm needs a language model; set model.llm.name to seq2seq or causal")
+    if llm.name == "none":
+        if stage1_checkpoint is not None and not os.path.isfile(os.path.expanduser(stage1_checkpoint)):
+            raise ConfigError(f"model.stage1_checkpoint: '{stage1_checkpoint}' does not exist")
+        return
     lopts = getattr(llm, llm.name)
     check_pretrained(f"model.llm.{llm.name}.pretrained", lopts.pretrained)
     if llm.name == "causal":

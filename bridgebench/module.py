@@ -25,16 +25,21 @@ from lightning.pytorch.utilities import rank_zero_info
 # Frozen encoder/LLM are in eval mode on purpose; Lightning's generic hint about it is noise here.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
+from bridgebench.bridges.objectives import Stage1Heads
 from bridgebench.config import (
+    STAGE1_OBJECTIVES,
     BridgeSpec,
     ConfigError,
     EncoderSpec,
+    EvalSpec,
     GenerationSpec,
     LLMSpec,
     OptimSpec,
+    Stage1Spec,
     validate_config,
 )
 from bridgebench.registry import build_bridge, build_encoder, build_llm
+from bridgebench.retrieval import recall_at_k, rerank, zero_shot_accuracy
 
 
 @dataclass
@@ -54,11 +59,14 @@ class TextProcessor:
 
     llm: Any
     bridge: Any = None
+    stage1: Any = None
 
     def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
-        out = self.llm(instructions, targets)
+        out = self.llm(instructions, targets) if self.llm is not None else {}
         if self.bridge is not None:
             out.update(self.bridge(instructions))
+        if self.stage1 is not None and targets is not None:
+            out.update(self.stage1(targets))
         return out
 
 
@@ -101,23 +109,27 @@ class BridgeModule(L.LightningModule):
         objectives: Optional[dict[str, float]] = None,
         optimizer: OptimSpec = OptimSpec(),
         generation: GenerationSpec = GenerationSpec(),
+        stage1: Stage1Spec = Stage1Spec(),
+        evaluation: EvalSpec = EvalSpec(),
         stage1_checkpoint: Optional[str] = None,
         frozen_dtype: str = "auto",
     ):
         super().__init__()
         objectives = dict(objectives or {"lm": 1.0})
-        validate_config(encoder, bridge, llm, objectives, stage1_checkpoint, frozen_dtype)
+        validate_config(encoder, bridge, llm, objectives, stage1_checkpoint, frozen_dtype, stage1)
         # Plain dicts, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
             "encoder": asdict(encoder), "bridge": asdict(bridge), "llm": asdict(llm), "objectives": objectives,
-            "optimizer": asdict(optimizer), "generation": asdict(generation),
-            "stage1_checkpoint": stage1_checkpoint, "frozen_dtype": frozen_dtype,
+            "optimizer": asdict(optimizer), "generation": asdict(generation), "stage1": asdict(stage1),
+            "evaluation": asdict(evaluation), "stage1_checkpoint": stage1_checkpoint, "frozen_dtype": frozen_dtype,
         })
         self.specs = {"encoder": encoder, "bridge": bridge, "llm": llm}
         self.objectives = objectives
         self.optim = optimizer
         self.gen = generation
+        self.eval_spec = evaluation
         self.frozen_dtype = resolve_frozen_dtype(frozen_dtype)
+        stage1_objectives = [o for o in objectives if o in STAGE1_OBJECTIVES]
 
         self.encoder = build_encoder(encoder)
         self.encoder.frozen = not encoder.trainable
@@ -126,14 +138,18 @@ class BridgeModule(L.LightningModule):
             for name in self.encoder.trainable_when_frozen():
                 getattr(self.encoder, name).requires_grad_(True)
             self.encoder.model.to(self.frozen_dtype)
-        self.llm = build_llm(llm, self.frozen_dtype if llm.mode != "full" else None)
-        self.bridge = build_bridge(bridge, self.encoder.output_dim, self.llm.hidden_size)
+        self.llm = build_llm(llm, self.frozen_dtype if llm.mode != "full" else None) if llm.name != "none" else None
+        self.bridge = build_bridge(bridge, self.encoder.output_dim, self.llm.hidden_size if self.llm else None,
+                                   with_text=bool(stage1_objectives))
+        self.stage1 = (Stage1Heads(self.bridge, tuple(stage1_objectives), **asdict(stage1))
+                       if stage1_objectives else None)
         # Trainable-only checkpoints: frozen weights are rebuilt from the config, so resuming and
         # testing load with strict=False; on_load_checkpoint checks nothing trainable is missing.
         self.strict_loading = False
         if stage1_checkpoint is not None:
             self.load_stage1(stage1_checkpoint)
         self._predictions: list[dict] = []
+        self._retrieval: list[dict] = []
         self._skipped: list[dict] = []
         self._encoder_key: Optional[str] = None
         self.feature_mode = False  # predict returns encoder features (the cache pass)
@@ -145,21 +161,29 @@ class BridgeModule(L.LightningModule):
         super().train(mode)
         if self.encoder.frozen:
             self.encoder.eval()
-        if self.llm.mode == "frozen":
+        if self.llm is not None and self.llm.mode == "frozen":
             self.llm.eval()
         return self
 
     def trainable_state_keys(self) -> set[str]:
         keys = {n for n, p in self.named_parameters() if p.requires_grad}
-        owners = ["bridge."] + ([] if self.encoder.frozen else ["encoder."])
+        owners = ["bridge.", "stage1."] + ([] if self.encoder.frozen else ["encoder."])
         keys |= {n for n, _ in self.named_buffers() if n.startswith(tuple(owners)) and n in self.state_dict()}
         return keys
 
     def component_report(self) -> list[str]:
         """One line per module: kind, frozen or trained, parameter counts, mode, dtype, source."""
         lines = []
-        for role, module in (("encoder", self.encoder), ("bridge", self.bridge), ("llm", self.llm)):
-            spec = self.specs[role]
+        for role, module in (("encoder", self.encoder), ("bridge", self.bridge), ("llm", self.llm),
+                             ("stage1", self.stage1)):
+            if module is None:
+                continue
+            spec = self.specs.get(role)
+            if spec is None:  # the stage-1 heads
+                trained = sum(p.numel() for p in module.parameters())
+                lines.append(f"{'heads':8s} {'+'.join(module.objectives):12s} {'trained':15s} {_human(trained):>7s} "
+                             f"params, {_human(trained):>7s} trained")
+                continue
             total = sum(p.numel() for p in module.parameters())
             trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
             state = "trained" if trained == total else ("frozen" if trained == 0 else "partly trained")
@@ -184,8 +208,9 @@ class BridgeModule(L.LightningModule):
 
     def data_contract(self) -> DataContract:
         bridge_text = self.bridge.text_processor if self.bridge.uses_instruction else None
-        return DataContract(self.encoder.sample_rate, self.encoder.max_seconds,
-                            TextProcessor(self.llm.text_processor, bridge_text), self.encoder_cache_key())
+        text = TextProcessor(self.llm.text_processor if self.llm else None, bridge_text,
+                             self.stage1.text_processor if self.stage1 else None)
+        return DataContract(self.encoder.sample_rate, self.encoder.max_seconds, text, self.encoder_cache_key())
 
     def encoder_cache_key(self) -> Optional[str]:
         """Key of this encoder's cached features: identity + weights fingerprint; None if it trains."""
@@ -210,8 +235,15 @@ class BridgeModule(L.LightningModule):
         return self.bridge(feats.float(), mask, batch["text"])
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        soft, soft_mask = self.soft_prompt(batch)
-        out = {"lm": self.llm.loss(soft, soft_mask, batch["text"])}
+        feats, mask = self.encode(batch)
+        feats = feats.float()
+        text = batch["text"]
+        out = {}
+        if "lm" in self.objectives:
+            soft, soft_mask = self.bridge(feats, mask, text)
+            out["lm"] = self.llm.loss(soft, soft_mask, text)
+        if self.stage1 is not None:
+            out.update(self.stage1.losses(self.bridge, feats, mask, text["s1_ids"], text["s1_mask"]))
         out["loss"] = sum(self.objectives[k] * out[k] for k in self.objectives)
         return out
 
@@ -249,6 +281,8 @@ class BridgeModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._report_skipped("validate")
+        if not self.trainer.sanity_checking:
+            self._retrieval_metrics("val")
 
     # === Steps ===
 
@@ -268,6 +302,10 @@ class BridgeModule(L.LightningModule):
         if self._note_skipped(batch):
             return
         self._log_losses("val", self.losses(batch), len(batch["id"]))
+        self._collect_retrieval(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._retrieval = []
 
     def generate(self, batch: dict) -> list[str]:
         soft, soft_mask = self.soft_prompt(batch)
@@ -279,15 +317,22 @@ class BridgeModule(L.LightningModule):
         if self._note_skipped(batch):
             return
         self._log_losses("test", self.losses(batch), len(batch["id"]))
+        self._collect_retrieval(batch)
+        if self.llm is None:
+            return
         for i, text in enumerate(self.generate(batch)):
             self._predictions.append({"id": batch["id"][i], "instruction": batch["instruction"][i],
                                       "prediction": text, "references": batch["references"][i]})
 
     def on_test_epoch_start(self) -> None:
         self._predictions = []
+        self._retrieval = []
 
     def on_test_epoch_end(self) -> None:
         self._report_skipped("test")
+        self._retrieval_metrics("test")
+        if self.llm is None:
+            return
         rows = self._predictions
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
@@ -303,6 +348,89 @@ class BridgeModule(L.LightningModule):
                     f.write(json.dumps(row) + "\n")
             os.replace(tmp, path)
             rank_zero_info(f"wrote {len(rows)} predictions to {path}")
+
+    # === Stage-1 evaluation: retrieval and zero-shot classification ===
+
+    def _collect_retrieval(self, batch: dict) -> None:
+        if self.stage1 is None or "atc" not in self.stage1.objectives:
+            return
+        feats, mask = self.encode(batch)
+        feats = feats.float()
+        audio = self.stage1.encode_audio(self.bridge, feats, mask).cpu()
+        keep = self.eval_spec.rerank_k > 0
+        for i, clip_id in enumerate(batch["id"]):
+            row = {"id": clip_id, "audio": audio[i], "references": batch["references"][i],
+                   "labels": batch.get("labels", [{}] * len(batch["id"]))[i]}
+            if keep:  # ATM re-ranking needs the clip's encoder features
+                row["feats"], row["mask"] = feats[i].cpu(), mask[i].cpu()
+            self._retrieval.append(row)
+
+    def _retrieval_metrics(self, stage: str) -> dict[str, float]:
+        rows, self._retrieval = self._retrieval, []
+        if self.stage1 is None or "atc" not in self.stage1.objectives:
+            return {}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        unique = {}
+        for row in rows:  # qa sets and distributed padding repeat clips
+            unique.setdefault(row["id"], row)
+        rows = list(unique.values())
+        if not rows:
+            return {}
+        texts, owner = [], []
+        for a, row in enumerate(rows):
+            texts += row["references"]
+            owner += [a] * len(row["references"])
+        audio = torch.stack([r["audio"] for r in rows]).to(self.device)
+        text_ids, text_mask, text_feats = self._encode_texts(texts)
+        sim = self.stage1.similarity(audio, text_feats).float().cpu()
+        sim_t2a = None
+        k = self.eval_spec.rerank_k
+        if k > 0 and "atm" in self.stage1.objectives:
+            def match(a_idx, t_idx):
+                return self._match(rows, a_idx, text_ids[t_idx], text_mask[t_idx])
+
+            sim_t2a = rerank(sim.t(), k, lambda t, a: match(a, t)).t()
+            sim = rerank(sim, k, match)
+        metrics = recall_at_k(sim, torch.tensor(owner), sim_t2a=sim_t2a)
+        label = self.eval_spec.zero_shot_label
+        if label and all(label in r["labels"] for r in rows):
+            classes = sorted({str(r["labels"][label]) for r in rows})
+            prompts = [self.eval_spec.zero_shot_prompt.format(label=c) for c in classes]
+            _, _, class_feats = self._encode_texts(prompts)
+            truth = torch.tensor([classes.index(str(r["labels"][label])) for r in rows])
+            metrics[f"zero_shot_acc_{label}"] = zero_shot_accuracy(
+                self.stage1.similarity(audio, class_feats).float().cpu(), truth)
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, rank_zero_only=True)
+        return metrics
+
+    @torch.no_grad()
+    def _encode_texts(self, texts: list[str], chunk: int = 256):
+        ids, masks, feats = [], [], []
+        for i in range(0, len(texts), chunk):
+            tok = self.stage1.text_processor(texts[i:i + chunk])
+            width = self.stage1.text_processor.max_tokens
+            pad = width - tok["s1_ids"].shape[1]
+            ids.append(torch.nn.functional.pad(tok["s1_ids"], (0, pad)))
+            masks.append(torch.nn.functional.pad(tok["s1_mask"], (0, pad)))
+            feats.append(self.stage1.encode_text(self.bridge, tok["s1_ids"].to(self.device),
+                                                 tok["s1_mask"].to(self.device)))
+        return torch.cat(ids), torch.cat(masks), torch.cat(feats)
+
+    @torch.no_grad()
+    def _match(self, rows, audio_idx, ids, mask, chunk: int = 64) -> torch.Tensor:
+        scores = []
+        for i in range(0, len(audio_idx), chunk):
+            sel = audio_idx[i:i + chunk].tolist()
+            feats = torch.nn.utils.rnn.pad_sequence([rows[a]["feats"] for a in sel], batch_first=True)
+            fmask = torch.nn.utils.rnn.pad_sequence([rows[a]["mask"] for a in sel], batch_first=True)
+            scores.append(self.stage1.match_scores(self.bridge, feats.to(self.device), fmask.to(self.device),
+                                                   ids[i:i + chunk].to(self.device),
+                                                   mask[i:i + chunk].to(self.device)).float().cpu())
+        return torch.cat(scores)
 
     def predict_step(self, batch, batch_idx):
         if self._note_skipped(batch):
@@ -347,7 +475,7 @@ class BridgeModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["bridgebench"] = {
             "trainable_keys": sorted(keep),
-            "components": {"encoder": self.encoder.identity(), "llm": self.llm.identity(),
+            "components": {"encoder": self.encoder.identity(), "llm": self.llm.identity() if self.llm else None,
                            "bridge": self.specs["bridge"].name},
         }
 

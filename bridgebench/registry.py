@@ -41,8 +41,11 @@ def build_encoder(spec: EncoderSpec) -> AudioEncoder:
     return cls(**kwargs)
 
 
-def build_bridge(spec: BridgeSpec, in_dim: int, out_dim: int) -> Bridge:
-    return BRIDGES[spec.name](in_dim, out_dim, **asdict(getattr(spec, spec.name)))
+def build_bridge(spec: BridgeSpec, in_dim: int, out_dim: Optional[int], with_text: bool = False) -> Bridge:
+    kwargs = asdict(getattr(spec, spec.name))
+    if spec.name in ("qformer", "bridgenet"):
+        kwargs["with_text"] = with_text  # stage 1 needs the text branch
+    return BRIDGES[spec.name](in_dim, out_dim, **kwargs)
 
 
 def build_llm(spec: LLMSpec, dtype: Optional[torch.dtype]) -> LanguageModel:

@@ -114,6 +114,7 @@ class QFormer(nn.Module):
         self.config = cfg
         self.num_queries = num_queries
         self.with_text = with_text
+        self.gradient_checkpointing = False
         h = cfg.hidden_size
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, h))
         self.embeddings = nn.Module()
@@ -153,15 +154,22 @@ class QFormer(nn.Module):
                 source = name.replace(".intermediate_query.", ".intermediate.")
             elif ".output_query." in name:
                 source = name.replace(".output_query.", ".output.")
-            if source in state and state[source].shape == own[name].shape:
-                new[name] = state[source]
+            if source not in state:
+                continue
+            value = state[source]
+            if name.endswith("word_embeddings.weight") and value.shape[0] < own[name].shape[0]:
+                grown = own[name].clone()  # added tokens ([DEC]) keep their random init
+                grown[: value.shape[0]] = value
+                value = grown
+            if value.shape == own[name].shape:
+                new[name] = value
         self.load_state_dict(new, strict=False)
         return sorted(set(own) - set(new))
 
     def forward(
         self,
-        audio: torch.Tensor,
-        audio_mask: torch.Tensor,
+        audio: Optional[torch.Tensor],
+        audio_mask: Optional[torch.Tensor],
         input_ids: Optional[torch.Tensor] = None,
         text_mask: Optional[torch.Tensor] = None,
         self_mask: Optional[torch.Tensor] = None,
@@ -170,12 +178,14 @@ class QFormer(nn.Module):
         """Hidden states of [queries ; text], shape [B, Q + L, H].
 
         ``self_mask`` (bool [B, Q+L, Q+L], True = may attend) sets who sees whom; the default is
-        bidirectional over the non-padding positions.
+        bidirectional over the non-padding positions. A text-only pass gives ``query_embeds`` with
+        zero queries and no audio.
         """
-        b = audio.shape[0]
+        ref = audio if audio is not None else input_ids
+        b = ref.shape[0]
         queries = self.query_tokens.expand(b, -1, -1) if query_embeds is None else query_embeds
         parts = [queries]
-        masks = [torch.ones(b, queries.shape[1], dtype=torch.bool, device=audio.device)]
+        masks = [torch.ones(b, queries.shape[1], dtype=torch.bool, device=ref.device)]
         if input_ids is not None:
             pos = torch.arange(input_ids.shape[1], device=input_ids.device)
             parts.append(self.embeddings.word_embeddings(input_ids) + self.embeddings.position_embeddings(pos))
@@ -183,10 +193,36 @@ class QFormer(nn.Module):
         x = self.embeddings.dropout(self.embeddings.LayerNorm(torch.cat(parts, dim=1)))
         if self_mask is None:
             self_mask = torch.cat(masks, dim=1).unsqueeze(1)  # [B, 1, Q+L]
-        cross_mask = audio_mask.bool().unsqueeze(1)
+        cross_mask = audio_mask.bool().unsqueeze(1) if audio_mask is not None else None
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.encoder.layer:
-            x = layer(x, queries.shape[1], self_mask, audio, cross_mask)
+            if checkpointing:
+                # Every mask is an explicit argument (no KV cache), so recomputation sees the same
+                # attention pattern; LAVIS's cache-based ATG silently changes under checkpointing.
+                x = torch.utils.checkpoint.checkpoint(layer, x, queries.shape[1], self_mask, audio, cross_mask,
+                                                      use_reentrant=False)
+            else:
+                x = layer(x, queries.shape[1], self_mask, audio, cross_mask)
         return x
+
+
+class QFormerLMHead(nn.Module):
+    """BERT's MLM head (dense + GELU + LayerNorm, decoder tied to the word embeddings), used by ATG.
+    Names follow BERT (``predictions.transform.*``, ``predictions.bias``) so BERT's head loads by name."""
+
+    def __init__(self, config, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = nn.Module()
+        self.predictions.transform = nn.Module()
+        self.predictions.transform.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.predictions.transform.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.predictions.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
+        self.word_embeddings = [word_embeddings]  # tied, not a second copy of the weights
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        t = self.predictions.transform
+        h = t.LayerNorm(F.gelu(t.dense(hidden)))
+        return F.linear(h, self.word_embeddings[0].weight, self.predictions.bias)
 
 
 def load_bert(reference: str, key: str):
@@ -197,7 +233,13 @@ def load_bert(reference: str, key: str):
 
     path = resolve_pretrained(reference, key, family="bert")
     config = AutoConfig.from_pretrained(path)
-    state = AutoModel.from_pretrained(path).state_dict()
+    try:
+        # The MLM head (``cls.*``) initialises ATG's LM head when the checkpoint has one.
+        from transformers import AutoModelForMaskedLM
+
+        state = AutoModelForMaskedLM.from_pretrained(path).state_dict()
+    except (OSError, ValueError):
+        state = AutoModel.from_pretrained(path).state_dict()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return config, state, tokenizer
 
@@ -226,24 +268,33 @@ class QFormerBridge(Bridge):
 
     uses_instruction = False
 
-    def __init__(self, in_dim: int, out_dim: int, bert: str = "bert-base-uncased", num_queries: int = 32,
+    def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
-                 with_text: bool = False):
+                 gradient_checkpointing: bool = False, with_text: bool = False):
         super().__init__()
         config, state, tokenizer = load_bert(bert, "model.bridge.bert")
         if num_layers is not None:
             config.num_hidden_layers = num_layers
+        if with_text:
+            # ATG's decoder start token (LAVIS adds [DEC] and grows the vocabulary by one).
+            tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+            config.vocab_size = len(tokenizer)
         self.bert_reference = bert
         self.max_text_tokens = max_text_tokens
         self.tokenizer = tokenizer
+        self.bert_state = {k: v for k, v in state.items() if k.startswith("cls.")}  # MLM head, for ATG
         self.ln_audio = nn.LayerNorm(in_dim)
         self.qformer = QFormer(config, in_dim, num_queries, cross_attention_freq, with_text=with_text)
+        self.qformer.gradient_checkpointing = gradient_checkpointing
         self.random_init = self.qformer.load_bert(state)
-        self.proj = nn.Linear(config.hidden_size, out_dim)
+        # Stage 1 has no LLM and so no projection; stage 2 projects the queries to the LLM's width.
+        self.proj = nn.Linear(config.hidden_size, out_dim) if out_dim else None
         self.num_queries = num_queries
         self.hidden_size = config.hidden_size
 
     def forward(self, features, feature_mask, text=None):
+        if self.proj is None:
+            raise RuntimeError("this bridge was built without an LLM projection (stage 1: no LLM)")
         hidden = self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))
         prompt = self.proj(hidden[:, : self.num_queries])
         return prompt, torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
@@ -263,10 +314,11 @@ class BridgeNetBridge(QFormerBridge):
 
     uses_instruction = True
 
-    def __init__(self, in_dim: int, out_dim: int, bert: str = "bert-base-uncased", num_queries: int = 32,
-                 cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128):
+    def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
+                 cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
+                 gradient_checkpointing: bool = False, with_text: bool = True):
         super().__init__(in_dim, out_dim, bert, num_queries, cross_attention_freq, num_layers, max_text_tokens,
-                         with_text=True)
+                         gradient_checkpointing, with_text=True)
         self.text_processor = InstructionTokens(self.tokenizer, max_text_tokens)
 
     def _text_inputs(self, text) -> dict:

@@ -44,21 +44,30 @@ import ast
 import csv
 import inspect
 import json
+import math
 import os
 import random
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any
 
 from bridgebench.datamodules.manifest import ManifestError, write_manifest
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
-    "train": "train", "training": "train", "dev": "train", "development": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "eval": "test", "evaluation": "test",
+    "train": "train",
+    "training": "train",
+    "dev": "train",
+    "development": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "eval": "test",
+    "evaluation": "test",
 }
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -67,11 +76,13 @@ _FALSE = {"false", "0", "no", "n", "f"}
 def _normalize_split(value: str) -> str:
     key = str(value).strip().lower()
     if key not in _SPLIT_ALIASES:
-        raise ValueError(f"unknown split {value!r}; expected one of {', '.join(SPLITS)} (or an alias such as valid, eval)")
+        raise ValueError(
+            f"unknown split {value!r}; expected one of {', '.join(SPLITS)} (or an alias such as valid, eval)"
+        )
     return _SPLIT_ALIASES[key]
 
 
-def _split_from_name(path: str) -> Optional[str]:
+def _split_from_name(path: str) -> str | None:
     """The split a file or folder name states (``clotho_captions_evaluation.csv`` -> test), if any."""
     tokens = re.split(r"[^a-z0-9]+", os.path.splitext(os.path.basename(os.path.normpath(path)))[0].lower())
     found = {_SPLIT_ALIASES[t] for t in tokens if t in _SPLIT_ALIASES}
@@ -89,9 +100,9 @@ class Job:
     fmt: str
     source: str
     out_dir: str
-    audio_root: Optional[str] = None
-    audio_pattern: Optional[str] = None
-    split: Optional[str] = None
+    audio_root: str | None = None
+    audio_pattern: str | None = None
+    split: str | None = None
     reasons: Counter = field(default_factory=Counter)
 
     @property
@@ -103,7 +114,7 @@ class Job:
     def skip(self, reason: str) -> None:
         self.reasons[reason] += 1
 
-    def audio(self, fields: dict, default_pattern: str, default_root: Optional[str] = None) -> str:
+    def audio(self, fields: dict, default_pattern: str, default_root: str | None = None) -> str:
         """Audio path for a row: pattern (user's or the dataset's) under the root, made relative to the output."""
         pattern = self.audio_pattern or default_pattern
         try:
@@ -122,14 +133,16 @@ class Job:
         except ValueError:  # no relative path (another drive)
             return path
 
-    def row_split(self, derived: Optional[str]) -> Optional[str]:
+    def row_split(self, derived: str | None) -> str | None:
         """The user's split when given, else the one the data says."""
         return self.split or derived
 
-    def need_split(self, derived: Optional[str], what: str) -> str:
+    def need_split(self, derived: str | None, what: str) -> str:
         split = self.split or derived
         if split is None:
-            raise ValueError(f"{self.fmt}: cannot tell the split of {self.source} from {what}; pass split=train/val/test")
+            raise ValueError(
+                f"{self.fmt}: cannot tell the split of {self.source} from {what}; pass split=train/val/test"
+            )
         return split
 
 
@@ -153,7 +166,7 @@ def _utf8_error_line(path: str) -> int:
     try:
         data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        return data[:err.start].count(b"\n") + 1
+        return data[: err.start].count(b"\n") + 1
     return 1
 
 
@@ -185,8 +198,9 @@ def _missing_column(path: str, column: str, header: list[str]) -> ManifestError:
     return ManifestError(f"{path}:1: missing required column '{column}' (columns: {', '.join(header)})")
 
 
-def _csv_table(path: str, required: Iterable[str] = (), one_of: Iterable[tuple[str, ...]] = ()
-               ) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+def _csv_table(
+    path: str, required: Iterable[str] = (), one_of: Iterable[tuple[str, ...]] = ()
+) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     """Header and rows (as dicts, with line numbers) of a one-header CSV; a missing required column raises."""
     lines = _csv_lines(path)
     try:
@@ -213,7 +227,7 @@ def _csv_records(path: str, required: Iterable[str] = ()) -> Iterator[tuple[int,
     return _csv_table(path, required)[1]
 
 
-def _json_error(path: str, err: json.JSONDecodeError, line: Optional[int] = None) -> ManifestError:
+def _json_error(path: str, err: json.JSONDecodeError, line: int | None = None) -> ManifestError:
     return ManifestError(f"{path}:{line or err.lineno}: not valid JSON ({err.msg})")
 
 
@@ -226,7 +240,7 @@ def _read_bytes_text(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
+        line = data[: err.start].count(b"\n") + 1
         raise ManifestError(f"{path}:{line}: not valid UTF-8") from None
 
 
@@ -238,7 +252,7 @@ def _load_json(path: str) -> Any:
         raise _json_error(path, err) from None
 
 
-def _jsonl_records(path: str, text: Optional[str] = None) -> list[tuple[int, Any]]:
+def _jsonl_records(path: str, text: str | None = None) -> list[tuple[int, Any]]:
     text = _read_bytes_text(path) if text is None else text
     records = []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -267,19 +281,19 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _bool(value: Any) -> Optional[bool]:
+def _bool(value: Any) -> bool | None:
     if isinstance(value, bool):
         return value
     key = _text(value).lower()
     return True if key in _TRUE else False if key in _FALSE else None
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if number == number else None  # NaN -> None
+    return None if math.isnan(number) else number
 
 
 def _int_or_float(number: float) -> Any:
@@ -319,7 +333,7 @@ def _unique(items: Iterable[str]) -> list[str]:
 # Converters. Each yields manifest rows (dicts) and calls job.skip(reason) for rows it cannot use.
 
 
-def _clip_times(job: Job, row: dict, start: Optional[float], end: Optional[float], trimmed: bool) -> None:
+def _clip_times(job: Job, row: dict, start: float | None, end: float | None, trimmed: bool) -> None:
     """Seek into the full recording (start/end), or note the times when the audio file is the clip itself."""
     if start is None and end is None:
         return
@@ -360,8 +374,13 @@ def musiccaps(job: Job, *, trimmed: bool = False) -> Iterator[dict]:
         if is_eval is None and not job.split:
             job.skip("invalid is_audioset_eval")
             continue
-        row = {"id": ytid, "audio": job.audio(r, "{ytid}.wav"), "split": job.row_split("test" if is_eval else "train"),
-               "captions": [caption], "tags": _string_list(r.get("aspect_list"))}
+        row = {
+            "id": ytid,
+            "audio": job.audio(r, "{ytid}.wav"),
+            "split": job.row_split("test" if is_eval else "train"),
+            "captions": [caption],
+            "tags": _string_list(r.get("aspect_list")),
+        }
         _clip_times(job, row, start, end, trimmed)
         balanced = _bool(r.get("is_balanced_subset"))
         if balanced is not None:
@@ -405,8 +424,13 @@ def song_describer(job: Job, *, valid_only: bool = False) -> Iterator[dict]:
         meta = {"caption_ids": [_text(r["caption_id"])]}
         if valid is not None:
             meta["is_valid_subset"] = [valid]
-        yield {"id": track, "audio": job.audio(fields, "{path_2min}", os.path.join(job.source_dir, "audio")),
-               "split": job.row_split("test"), "captions": [caption], "meta": meta}
+        yield {
+            "id": track,
+            "audio": job.audio(fields, "{path_2min}", os.path.join(job.source_dir, "audio")),
+            "split": job.row_split("test"),
+            "captions": [caption],
+            "meta": meta,
+        }
 
 
 def youtube8m_musictextclips(job: Job, *, trimmed: bool = False) -> Iterator[dict]:
@@ -472,7 +496,7 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
             raise ValueError(f"lp-musiccaps: unknown caption column {c!r}; expected some of {', '.join(_LP_KNOWN)}")
 
     name_split = _split_from_name(path)
-    records: list[tuple[Optional[str], dict]] = []
+    records: list[tuple[str | None, dict]] = []
     if path.lower().endswith(".csv"):
         _, rows = _csv_table(path, cols, one_of=[_LP_ID_COLUMNS])
         records = [(None, r) for _, r in rows]
@@ -484,10 +508,16 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
             records = [(None, r) for r in doc]
         elif isinstance(doc, dict) and isinstance(doc.get("data"), list):
             records = [(None, r) for r in doc["data"]]
-        elif isinstance(doc, dict) and doc and all(k.lower() in _SPLIT_ALIASES and isinstance(v, list) for k, v in doc.items()):
+        elif (
+            isinstance(doc, dict)
+            and doc
+            and all(k.lower() in _SPLIT_ALIASES and isinstance(v, list) for k, v in doc.items())
+        ):
             records = [(_SPLIT_ALIASES[k.lower()], r) for k, v in doc.items() for r in v]
         else:
-            raise ManifestError(f"{path}: expected a list of LP-MusicCaps rows (or {{'train': [...], ...}}), found {type(doc).__name__}")
+            raise ManifestError(
+                f"{path}: expected a list of LP-MusicCaps rows (or {{'train': [...], ...}}), found {type(doc).__name__}"
+            )
 
     for key_split, r in records:
         if not isinstance(r, dict):
@@ -512,9 +542,14 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
         else:
             default = "{id}.mp3"
         tag_col = next((k for k in _LP_TAG_COLUMNS if k in r), None)
-        row = {"id": clip_id, "audio": job.audio(fields, default), "split": split,
-               "captions": [t for _, t in kept], "tags": _string_list(r.get(tag_col)) if tag_col else [],
-               "meta": {"caption_columns": [c for c, _ in kept]}}
+        row = {
+            "id": clip_id,
+            "audio": job.audio(fields, default),
+            "split": split,
+            "captions": [t for _, t in kept],
+            "tags": _string_list(r.get(tag_col)) if tag_col else [],
+            "meta": {"caption_columns": [c for c, _ in kept]},
+        }
         if "start_s" in r or "end_s" in r:
             _clip_times(job, row, _number(r.get("start_s")), _number(r.get("end_s")), trimmed)
         yield row
@@ -538,8 +573,10 @@ def musicinstruct(job: Job) -> Iterator[dict]:
     elif isinstance(doc, list):
         items = doc
     else:
-        raise ManifestError(f"{path}: expected a JSON object with a 'QA' list (MusicInstruct layout), "
-                            f"found {type(doc).__name__}{' with keys ' + ', '.join(map(str, doc)) if isinstance(doc, dict) else ''}")
+        raise ManifestError(
+            f"{path}: expected a JSON object with a 'QA' list (MusicInstruct layout), "
+            f"found {type(doc).__name__}{' with keys ' + ', '.join(map(str, doc)) if isinstance(doc, dict) else ''}"
+        )
     for r in items:
         if not isinstance(r, dict):
             job.skip("QA item is not an object")
@@ -558,8 +595,12 @@ def musicinstruct(job: Job) -> Iterator[dict]:
         if is_eval is None and not job.split:
             job.skip("missing is_audioset_eval")
             continue
-        yield {"id": ytid, "audio": job.audio(r, "{ytid}.wav"), "split": job.row_split("test" if is_eval else "train"),
-               "qa": [{"instruction": question, "answer": answer}]}
+        yield {
+            "id": ytid,
+            "audio": job.audio(r, "{ytid}.wav"),
+            "split": job.row_split("test" if is_eval else "train"),
+            "qa": [{"instruction": question, "answer": answer}],
+        }
 
 
 def musicqa(job: Job) -> Iterator[dict]:
@@ -579,7 +620,9 @@ def musicqa(job: Job) -> Iterator[dict]:
     kind, doc = _json_or_jsonl(path)
     items = [r for _, r in doc] if kind == "jsonl" else doc
     if not isinstance(items, list):
-        raise ManifestError(f"{path}: expected a JSON list of {{audio_name, conversation}} (MusicQA layout), found {type(items).__name__}")
+        raise ManifestError(
+            f"{path}: expected a JSON list of {{audio_name, conversation}} (MusicQA layout), found {type(items).__name__}"
+        )
     for r in items:
         if not isinstance(r, dict):
             job.skip("item is not an object")
@@ -606,8 +649,12 @@ def musicqa(job: Job) -> Iterator[dict]:
             job.skip("no question/answer pair with text")
             continue
         clip_id = os.path.splitext(name)[0]
-        yield {"id": clip_id, "audio": job.audio(r, "{audio_name}", os.path.join(job.source_dir, "audios")),
-               "split": job.row_split(derived), "qa": pairs}
+        yield {
+            "id": clip_id,
+            "audio": job.audio(r, "{audio_name}", os.path.join(job.source_dir, "audios")),
+            "split": job.row_split(derived),
+            "qa": pairs,
+        }
 
 
 _CLOTHO_FOLDERS = {"train": "development", "val": "validation", "test": "evaluation"}
@@ -637,8 +684,12 @@ def clotho(job: Job) -> Iterator[dict]:
         if not captions:
             job.skip("empty caption")
             continue
-        yield {"id": os.path.splitext(fname)[0], "audio": job.audio(r, "{file_name}", root), "split": split,
-               "captions": captions}
+        yield {
+            "id": os.path.splitext(fname)[0],
+            "audio": job.audio(r, "{file_name}", root),
+            "split": split,
+            "captions": captions,
+        }
 
 
 def audiocaps(job: Job, *, trimmed: bool = True) -> Iterator[dict]:
@@ -668,8 +719,13 @@ def audiocaps(job: Job, *, trimmed: bool = True) -> Iterator[dict]:
             continue
         start_txt = str(_int_or_float(start))
         fields = dict(r, start_time=start_txt)
-        row = {"id": f"{yt}_{start_txt}", "audio": job.audio(fields, "{youtube_id}_{start_time}.flac"), "split": split,
-               "captions": [caption], "meta": {"audiocap_ids": [_text(r["audiocap_id"])]}}
+        row = {
+            "id": f"{yt}_{start_txt}",
+            "audio": job.audio(fields, "{youtube_id}_{start_time}.flac"),
+            "split": split,
+            "captions": [caption],
+            "meta": {"audiocap_ids": [_text(r["audiocap_id"])]},
+        }
         if trimmed:
             row.update(start=0, end=10)
         else:
@@ -694,7 +750,9 @@ def wavcaps(job: Job) -> Iterator[dict]:
     elif isinstance(doc, list):
         items = doc
     else:
-        raise ManifestError(f"{path}: expected a JSON object with a 'data' list (WavCaps layout), found {type(doc).__name__}")
+        raise ManifestError(
+            f"{path}: expected a JSON object with a 'data' list (WavCaps layout), found {type(doc).__name__}"
+        )
     for r in items:
         if not isinstance(r, dict):
             job.skip("item is not an object")
@@ -707,8 +765,12 @@ def wavcaps(job: Job) -> Iterator[dict]:
             job.skip("empty caption")
             continue
         stem = raw_id[:-4] if raw_id.lower().endswith(".wav") else raw_id
-        row = {"id": stem, "audio": job.audio(dict(r, fname=f"{stem}.flac"), "{fname}"), "split": job.row_split("train"),
-               "captions": [caption]}
+        row = {
+            "id": stem,
+            "audio": job.audio(dict(r, fname=f"{stem}.flac"), "{fname}"),
+            "split": job.row_split("train"),
+            "captions": [caption],
+        }
         tags = _string_list(r.get("tags"))
         if tags:
             row["tags"] = tags
@@ -720,8 +782,12 @@ _GTZAN_LISTS = {"train": "train_filtered.txt", "val": "valid_filtered.txt", "tes
 
 
 def _gtzan_root(source: str) -> tuple[str, dict[str, list[str]]]:
-    for root in (source, os.path.join(source, "genres"), os.path.join(source, "genres_original"),
-                 os.path.join(source, "Data", "genres_original")):
+    for root in (
+        source,
+        os.path.join(source, "genres"),
+        os.path.join(source, "genres_original"),
+        os.path.join(source, "Data", "genres_original"),
+    ):
         if not os.path.isdir(root):
             continue
         found = {}
@@ -736,7 +802,7 @@ def _gtzan_root(source: str) -> tuple[str, dict[str, list[str]]]:
     raise ManifestError(f"{source}: no GTZAN audio found (expected genres/<genre>/<genre>.000NN.wav)")
 
 
-def gtzan(job: Job, *, split_dir: Optional[str] = None, seed: int = 0) -> Iterator[dict]:
+def gtzan(job: Job, *, split_dir: str | None = None, seed: int = 0) -> Iterator[dict]:
     """GTZAN folder ``genres/<genre>/<genre>.000NN.wav`` (or ``genres_original/``, ``.au``): genre labels.
 
     Source followed: the Marsyas layout (torchaudio / Kaggle ``genres_original``) and the fault-filtered
@@ -752,7 +818,7 @@ def gtzan(job: Job, *, split_dir: Optional[str] = None, seed: int = 0) -> Iterat
         raise ManifestError(f"{job.source}: GTZAN source must be a folder (genres/<genre>/...)")
     root, found = _gtzan_root(source)
 
-    lists: Optional[dict[str, str]] = None
+    lists: dict[str, str] | None = None
     assigned: dict[str, str] = {}
     search = [split_dir] if split_dir else [source, root, os.path.dirname(source)]
     for folder in search:
@@ -783,8 +849,8 @@ def gtzan(job: Job, *, split_dir: Optional[str] = None, seed: int = 0) -> Iterat
             random.Random(f"gtzan:{seed}:{genre}").shuffle(order)
             n_train, n_val = round(0.8 * len(order)), round(0.1 * len(order))
             assigned = {n: "train" for n in order[:n_train]}
-            assigned.update({n: "val" for n in order[n_train:n_train + n_val]})
-            assigned.update({n: "test" for n in order[n_train + n_val:]})
+            assigned.update({n: "val" for n in order[n_train : n_train + n_val]})
+            assigned.update({n: "test" for n in order[n_train + n_val :]})
         for name in valid:
             stem = os.path.splitext(name)[0]
             split = lists.get(stem) if lists is not None else assigned[name]
@@ -792,8 +858,13 @@ def gtzan(job: Job, *, split_dir: Optional[str] = None, seed: int = 0) -> Iterat
                 job.skip("not in the GTZAN split lists")
                 continue
             fields = {"genre": genre, "name": name, "stem": stem}
-            yield {"id": stem, "audio": job.audio(fields, "{genre}/{name}", root), "split": job.row_split(split),
-                   "tags": [genre], "labels": {"genre": genre}}
+            yield {
+                "id": stem,
+                "audio": job.audio(fields, "{genre}/{name}", root),
+                "split": job.row_split(split),
+                "tags": [genre],
+                "labels": {"genre": genre},
+            }
 
 
 def nsynth(job: Job) -> Iterator[dict]:
@@ -812,14 +883,20 @@ def nsynth(job: Job) -> Iterator[dict]:
     job.source = path
     doc = _load_json(path)
     if not isinstance(doc, dict):
-        raise ManifestError(f"{path}: expected a JSON object {{note_str: {{...}}}} (NSynth layout), found {type(doc).__name__}")
-    split = job.need_split(_split_from_name(os.path.dirname(os.path.abspath(path))), "its folder name (nsynth-train/valid/test)")
+        raise ManifestError(
+            f"{path}: expected a JSON object {{note_str: {{...}}}} (NSynth layout), found {type(doc).__name__}"
+        )
+    split = job.need_split(
+        _split_from_name(os.path.dirname(os.path.abspath(path))), "its folder name (nsynth-train/valid/test)"
+    )
     for key, r in doc.items():
         if not isinstance(r, dict):
             job.skip("example is not an object")
             continue
         note = _text(r.get("note_str")) or _text(key)
-        missing = [k for k in ("instrument_family_str", "instrument_source_str", "pitch", "velocity") if r.get(k) is None]
+        missing = [
+            k for k in ("instrument_family_str", "instrument_source_str", "pitch", "velocity") if r.get(k) is None
+        ]
         if missing:
             job.skip(f"missing '{missing[0]}'")
             continue
@@ -827,11 +904,20 @@ def nsynth(job: Job) -> Iterator[dict]:
         if pitch is None or velocity is None:
             job.skip("invalid pitch/velocity")
             continue
-        labels = {"instrument_family": _text(r["instrument_family_str"]), "instrument_source": _text(r["instrument_source_str"]),
-                  "pitch": int(pitch), "velocity": int(velocity)}
+        labels = {
+            "instrument_family": _text(r["instrument_family_str"]),
+            "instrument_source": _text(r["instrument_source_str"]),
+            "pitch": int(pitch),
+            "velocity": int(velocity),
+        }
         fields = dict(r, note_str=note)
-        yield {"id": note, "audio": job.audio(fields, "{note_str}.wav", os.path.join(job.source_dir, "audio")),
-               "split": split, "tags": _string_list(r.get("qualities_str")), "labels": labels}
+        yield {
+            "id": note,
+            "audio": job.audio(fields, "{note_str}.wav", os.path.join(job.source_dir, "audio")),
+            "split": split,
+            "tags": _string_list(r.get("qualities_str")),
+            "labels": labels,
+        }
 
 
 def openmic(job: Job, *, partition: str = "split01", threshold: float = 0.5) -> Iterator[dict]:
@@ -865,7 +951,9 @@ def openmic(job: Job, *, partition: str = "split01", threshold: float = 0.5) -> 
         for split in ("train", "test"):
             list_path = os.path.join(root, "partitions", f"{partition}_{split}.csv")
             if not os.path.exists(list_path):
-                raise ManifestError(f"{list_path}: cannot open OpenMIC partition list (pass split= to label every clip)")
+                raise ManifestError(
+                    f"{list_path}: cannot open OpenMIC partition list (pass split= to label every clip)"
+                )
             for _, record in _csv_lines(list_path):
                 k = record[0].strip()
                 if k and k != "sample_key":
@@ -877,16 +965,21 @@ def openmic(job: Job, *, partition: str = "split01", threshold: float = 0.5) -> 
             continue
         positives = sorted(i for i, s in scores.items() if s >= threshold)
         fields = {"sample_key": key, "prefix": key[:3]}
-        yield {"id": key, "audio": job.audio(fields, "{prefix}/{sample_key}.ogg", os.path.join(root, "audio")),
-               "split": split, "tags": positives, "labels": {"instruments": positives},
-               "meta": {"relevance": {i: round(scores[i], 6) for i in sorted(scores)}}}
+        yield {
+            "id": key,
+            "audio": job.audio(fields, "{prefix}/{sample_key}.ogg", os.path.join(root, "audio")),
+            "split": split,
+            "tags": positives,
+            "labels": {"instruments": positives},
+            "meta": {"relevance": {i: round(scores[i], 6) for i in sorted(scores)}},
+        }
 
 
 _FMA_SPLITS = {"training": "train", "validation": "val", "test": "test"}
 _FMA_SUBSETS = {"small": 0, "medium": 1, "large": 2, "full": 2}
 
 
-def fma(job: Job, *, subset: Optional[str] = None) -> Iterator[dict]:
+def fma(job: Job, *, subset: str | None = None) -> Iterator[dict]:
     """FMA ``fma_metadata/tracks.csv``: two header rows (``track,genre_top``, ``set,split``, ``set,subset``...).
 
     Source followed: mdeff/fma ``utils.py`` (``pd.read_csv(..., index_col=0, header=[0, 1])``, so a
@@ -907,7 +1000,9 @@ def fma(job: Job, *, subset: Optional[str] = None) -> Iterator[dict]:
     try:
         (_, top), (sub_line, sub) = next(lines), next(lines)
     except StopIteration:
-        raise ManifestError(f"{path}: expected the two FMA header rows (e.g. 'album,...' then 'comments,...')") from None
+        raise ManifestError(
+            f"{path}: expected the two FMA header rows (e.g. 'album,...' then 'comments,...')"
+        ) from None
     width = len(top)
     _check_width(path, sub_line, sub, width)
     header, last = [], ""
@@ -942,8 +1037,13 @@ def fma(job: Job, *, subset: Optional[str] = None) -> Iterator[dict]:
             job.skip("empty track/genre_top")
             continue
         fields = {"track_id": tid, "tid": f"{tid:06d}", "folder": f"{tid:06d}"[:3]}
-        yield {"id": f"{tid:06d}", "audio": job.audio(fields, "{folder}/{tid}.mp3", root), "split": job.row_split(split),
-               "tags": [genre], "labels": {"genre_top": genre}}
+        yield {
+            "id": f"{tid:06d}",
+            "audio": job.audio(fields, "{folder}/{tid}.mp3", root),
+            "split": job.row_split(split),
+            "tags": [genre],
+            "labels": {"genre_top": genre},
+        }
 
 
 CONVERTERS: dict[str, Converter] = {
@@ -1002,8 +1102,15 @@ def _collect(job: Job, rows: Iterable[dict]) -> list[dict]:
     return out
 
 
-def convert(fmt: str, source: str, output: str, audio_root: str | None = None, audio_pattern: str | None = None,
-            split: str | None = None, **options: Any) -> dict:
+def convert(
+    fmt: str,
+    source: str,
+    output: str,
+    audio_root: str | None = None,
+    audio_pattern: str | None = None,
+    split: str | None = None,
+    **options: Any,
+) -> dict:
     """Convert a published metadata file/folder to a bridgebench manifest; returns counts {"rows": N, "skipped": M, "reasons": {...}}.
 
     ``fmt`` is a key of ``CONVERTERS``; ``options`` are that converter's keyword options (see its
@@ -1017,13 +1124,20 @@ def convert(fmt: str, source: str, output: str, audio_root: str | None = None, a
     except TypeError:
         allowed = [p for p in inspect.signature(fn).parameters if p != "job"]
         unknown = sorted(set(options) - set(allowed))
-        raise ValueError(f"{fmt}: unknown option(s) {', '.join(unknown)}; "
-                         f"options: {', '.join(allowed) or 'none'}") from None
+        raise ValueError(
+            f"{fmt}: unknown option(s) {', '.join(unknown)}; options: {', '.join(allowed) or 'none'}"
+        ) from None
     if not os.path.exists(source):
         raise ManifestError(f"{source}: cannot open (No such file or directory)")
     out_dir = os.path.dirname(os.path.abspath(output))
-    job = Job(fmt=fmt, source=source, out_dir=out_dir, audio_root=audio_root, audio_pattern=audio_pattern,
-              split=_normalize_split(split) if split else None)
+    job = Job(
+        fmt=fmt,
+        source=source,
+        out_dir=out_dir,
+        audio_root=audio_root,
+        audio_pattern=audio_pattern,
+        split=_normalize_split(split) if split else None,
+    )
     rows = _collect(job, fn(job, **options))
     os.makedirs(out_dir, exist_ok=True)
     write_manifest(output, rows)
@@ -1038,17 +1152,25 @@ def _option_value(text: str) -> Any:
         return text
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridgebench.datamodules.convert",
-                                     description="Convert published dataset metadata to a bridgebench JSON Lines manifest.")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgebench.datamodules.convert",
+        description="Convert published dataset metadata to a bridgebench JSON Lines manifest.",
+    )
     parser.add_argument("format", choices=sorted(CONVERTERS))
     parser.add_argument("source", help="the published metadata file or folder")
     parser.add_argument("output", help="manifest to write (.jsonl)")
     parser.add_argument("--audio-root", help="folder holding the audio files")
     parser.add_argument("--audio-pattern", help='file name pattern over the row fields, e.g. "{ytid}.wav"')
     parser.add_argument("--split", help="label every clip with this split")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="converter option (value parsed as JSON when it is JSON), e.g. -o columns=caption_writing")
+    parser.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="converter option (value parsed as JSON when it is JSON), e.g. -o columns=caption_writing",
+    )
     args = parser.parse_args(argv)
     options = {}
     for item in args.option:
@@ -1057,7 +1179,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             parser.error(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip()] = _option_value(value)
     try:
-        counts = convert(args.format, args.source, args.output, args.audio_root, args.audio_pattern, args.split, **options)
+        counts = convert(
+            args.format, args.source, args.output, args.audio_root, args.audio_pattern, args.split, **options
+        )
     except ValueError as err:  # ManifestError included
         print(f"error: {err}", file=sys.stderr)
         return 1

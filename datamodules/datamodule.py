@@ -115,7 +115,7 @@ class AudioTextDataset(Dataset):
             instruction = random.choice(self.instructions) if self.train else self.instructions[0]
         target = random.choice(ex.targets) if self.train else ex.targets[0]
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
-                "references": list(ex.targets)}
+                "references": list(ex.targets), "labels": ex.clip.labels}
 
 
 @dataclass
@@ -130,7 +130,8 @@ class Collate:
         instructions = [it["instruction"] for it in items]
         targets = [it["target"] for it in items]
         batch = {"id": [it["id"] for it in items], "instruction": instructions, "target": targets,
-                 "references": [it["references"] for it in items], "skipped": skipped,
+                 "references": [it["references"] for it in items], "labels": [it["labels"] for it in items],
+                 "skipped": skipped,
                  "text": self.text(instructions, targets) if items else {}}
         if items and "features" in items[0]:
             batch["features"], _ = _pad([it["features"] for it in items])

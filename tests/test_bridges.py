@@ -34,6 +34,7 @@ def test_linear_pool_paper_window_gives_three_tokens_for_ten_seconds_of_mert():
 
 def test_qformer_initialisation_follows_blip2():
     config, bert, _ = load_bert("tiny", "bert")
+    bert = {k.removeprefix("bert."): v for k, v in bert.items()}
     bridge = QFormerBridge(in_dim=24, out_dim=16, bert="tiny", num_queries=5, cross_attention_freq=2)
     layers = bridge.qformer.encoder.layer
     assert [i for i, layer in enumerate(layers) if layer.crossattention is not None] == [
