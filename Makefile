@@ -8,17 +8,29 @@ TINY_CONFIG := $(if $(TINY),--config experiments/tiny.yaml,)
 RUN_DIR := $(RUNS)/$(NAME)$(if $(TINY),-tiny,)
 CONFIGS := --config experiments/$(NAME).yaml $(TINY_CONFIG)
 
-.PHONY: help install test test-full exp demo clean
+.PHONY: help install system-deps test test-full exp demo sweep bench clean
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+# Debian packages: libfluidsynth3 renders the music-synth set (pyfluidsynth loads it), WordNet
+# serves METEOR in the MusiLingo/LP-MusicCaps metric modes. Installed only when missing and when we
+# may (root or passwordless sudo); otherwise the metrics that need them report `unavailable`.
+APT_PACKAGES := libfluidsynth3 wordnet-base wordnet-sense-index
+system-deps: ## Install the Debian packages (libfluidsynth3, WordNet) if missing
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	    echo "note: cannot install $$missing (not root); music-synth needs libfluidsynth3"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv (if missing) and install the pinned set
+install: system-deps $(VENV)/.installed ## Create .venv (if missing) and install the pinned set
 
 test: install ## Run the default test suite (no slow/network/gpu tests)
 	$(PY) -m pytest -q
@@ -32,6 +44,12 @@ exp: install ## Fit then test a preset: make exp NAME=blap_stage2 [TINY=1] [ARGS
 
 demo: install ## The main job: a tiny BLAP-style run on the built-in tone set (CPU, under a minute)
 	$(MAKE) --no-print-directory exp NAME=blap_stage2 TINY=1
+
+sweep: install ## Run a sweep: make sweep NAME=loss_ablation [TINY=1] [SEEDS="0 1"]
+	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),)
+
+bench: install ## CPU benchmarks (writes bench/results/)
+	$(PY) bench/feature_cache.py
 
 clean: ## Remove run folders (keeps .venv and the cache)
 	rm -rf $(RUNS)

@@ -1,5 +1,5 @@
 """The command line: ``python -m bridgebench fit|validate|test|predict --config experiments/<name>.yaml``,
-and ``python -m bridgebench cache --config ...`` (fill the frozen-feature cache).
+plus the commands in ``COMMANDS`` (cache, results, data, caption, sweep).
 
 One config system, LightningCLI (jsonargparse): presets are YAML files, later ``--config`` files
 and ``--key=value`` flags override earlier ones, and ``--help`` prints every option with its
@@ -56,6 +56,16 @@ class BridgeCLI(LightningCLI):
             )
 
 
+# Commands beside Lightning's fit/validate/test/predict: name -> module with main(argv).
+COMMANDS = {
+    "cache": "bridgebench.cache",  # fill the frozen-feature cache of a config
+    "results": "bridgebench.metrics",  # aggregate run folders into a Markdown/CSV table
+    "data": "bridgebench.data_cli",  # convert published metadata; render the music-synth set
+    "caption": "bridgebench.caption",  # caption / answer questions about audio files with a trained run
+    "sweep": "bridgebench.sweep",  # run a sweep file's cells x seeds, then tabulate and plot
+}
+
+
 def run(args: Optional[list[str]] = None) -> BridgeCLI:
     """Run the CLI in-process (tests use this); ``args`` as on the command line."""
     quiet_libraries()
@@ -71,10 +81,10 @@ def run(args: Optional[list[str]] = None) -> BridgeCLI:
 def main(argv: Optional[list[str]] = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     try:
-        if words[:1] == ["cache"]:
-            from bridgebench.cache import main as cache_main
+        if words and words[0] in COMMANDS:
+            import importlib
 
-            return cache_main(words[1:])
+            return importlib.import_module(COMMANDS[words[0]]).main(words[1:])
         run(argv)  # None: LightningCLI reads sys.argv itself
     except (ConfigError, ManifestError, AudioError, FeatureCacheMiss) as err:
         print(f"error: {err}", file=sys.stderr)

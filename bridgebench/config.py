@@ -203,7 +203,18 @@ class Stage1Spec:
 
 @dataclass
 class EvalSpec:
-    """Stage-1 evaluation: retrieval and zero-shot classification from the ATC similarities."""
+    """What ``test`` measures besides the losses: caption metrics of the generated text,
+    classification by vocabulary ranking, and (stage 1) retrieval and zero-shot classification."""
+
+    metric_modes: list[str] = field(default_factory=lambda: ["standard"])
+    """Caption/QA scoring conventions: ``standard`` (aac-metrics, corpus level, PTB tokens),
+    ``musilingo`` (its qa.py), ``lp-musiccaps`` (its evaluation); empty = none."""
+    classify_label: Optional[str] = None
+    """A manifest ``labels`` key (e.g. ``instrument``): rank its classes by LLM likelihood (MINT)."""
+    classify_instruction: str = "What is the lead instrument?"
+    """Instruction given with the audio when ranking the classes."""
+    classify_candidates: Optional[list[str]] = None
+    """The classes to rank (default: every value of ``classify_label`` in the test split)."""
 
     rerank_k: int = 0
     """Re-rank the top-k ATC candidates by ATM logit + ATC similarity (LAVIS: 128); 0 = off."""

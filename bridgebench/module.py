@@ -150,6 +150,9 @@ class BridgeModule(L.LightningModule):
             self.load_stage1(stage1_checkpoint)
         self._predictions: list[dict] = []
         self._retrieval: list[dict] = []
+        self._ranked: list[dict] = []
+        self._candidates: list[str] = []
+        self.test_results: dict = {}
         self._skipped: list[dict] = []
         self._encoder_key: Optional[str] = None
         self.feature_mode = False  # predict returns encoder features (the cache pass)
@@ -234,8 +237,8 @@ class BridgeModule(L.LightningModule):
         feats, mask = self.encode(batch)
         return self.bridge(feats.float(), mask, batch["text"])
 
-    def losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        feats, mask = self.encode(batch)
+    def losses(self, batch: dict, encoded: Optional[tuple] = None) -> dict[str, torch.Tensor]:
+        feats, mask = encoded if encoded is not None else self.encode(batch)
         feats = feats.float()
         text = batch["text"]
         out = {}
@@ -260,12 +263,8 @@ class BridgeModule(L.LightningModule):
         return len(batch["id"]) == 0
 
     def _report_skipped(self, stage: str) -> None:
-        rows = self._skipped
+        rows = self._gather(self._skipped)
         self._skipped = []
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
         if self.trainer is None or not self.trainer.is_global_zero or not rows:
             return
         run_dir = self.trainer.default_root_dir
@@ -307,8 +306,8 @@ class BridgeModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._retrieval = []
 
-    def generate(self, batch: dict) -> list[str]:
-        soft, soft_mask = self.soft_prompt(batch)
+    def generate(self, batch: dict, soft: Optional[tuple] = None) -> list[str]:
+        soft, soft_mask = soft if soft is not None else self.soft_prompt(batch)
         if self.gen.do_sample:
             torch.manual_seed(self.gen.seed)
         return self.llm.generate(soft, soft_mask, batch["text"], self.gen)
@@ -316,38 +315,128 @@ class BridgeModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         if self._note_skipped(batch):
             return
-        self._log_losses("test", self.losses(batch), len(batch["id"]))
+        encoded = self.encode(batch)  # one encoder pass serves losses, generation and ranking
+        self._log_losses("test", self.losses(batch, encoded), len(batch["id"]))
         self._collect_retrieval(batch)
         if self.llm is None:
             return
-        for i, text in enumerate(self.generate(batch)):
+        soft = self.bridge(encoded[0].float(), encoded[1], batch["text"])
+        for i, text in enumerate(self.generate(batch, soft)):
             self._predictions.append({"id": batch["id"][i], "instruction": batch["instruction"][i],
                                       "prediction": text, "references": batch["references"][i]})
+        if self._candidates:
+            self._rank_candidates(batch, encoded)
 
     def on_test_epoch_start(self) -> None:
         self._predictions = []
         self._retrieval = []
+        self._ranked = []
+        self.test_results = {}
+        self._candidates = self._classification_candidates()
 
     def on_test_epoch_end(self) -> None:
         self._report_skipped("test")
-        self._retrieval_metrics("test")
+        self.test_results.update(self._retrieval_metrics("test"))
         if self.llm is None:
             return
-        rows = self._predictions
+        self._predictions = self._gather(self._predictions)
+        if self._candidates:
+            self.test_results.update(self._classification_metrics())
+        if self.trainer.is_global_zero and self._predictions:
+            from bridgebench.metrics import caption_metrics
+
+            preds = [r["prediction"] for r in self._predictions]
+            refs = [r["references"] for r in self._predictions]
+            train = self._training_captions()
+            for mode in self.eval_spec.metric_modes:
+                # Non-standard modes prefix their names (musilingo/..., lpmc/...).
+                self.test_results.update(caption_metrics(preds, refs, mode=mode, train_captions=train))
+        for name, value in self.test_results.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.log(f"test/{name}", float(value), rank_zero_only=True)
+
+    def on_test_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        from bridgebench.metrics import write_results
+
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        for name, value in self.test_results.items():
+            metrics.setdefault(f"test/{name}", value)
+        metrics["run"] = {"encoder": self.specs["encoder"].name, "bridge": self.specs["bridge"].name,
+                          "llm": self.specs["llm"].name, "objectives": self.objectives,
+                          "trainable_params": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+        rows = sorted(self._predictions, key=lambda r: str(r["id"]))
+        paths = write_results(self.trainer.default_root_dir, metrics, rows)
+        rank_zero_info(f"wrote {paths[0]} and {len(rows)} predictions to {paths[1]}")
+
+    def _training_captions(self) -> Optional[list[str]]:
+        """Training targets, for the novel-vocabulary figures (None when the data is not a manifest)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        clips = getattr(dm, "_clips", None)
+        if not clips:
+            return None
+        split = dm.splits["train"]
+        out = [c for clip in clips if clip.split == split for c in clip.captions]
+        out += [qa["answer"] for clip in clips if clip.split == split for qa in clip.qa]
+        return out or None
+
+    # === Classification by vocabulary ranking (MINT; LAVIS _predict_class) ===
+
+    def _classification_candidates(self) -> list[str]:
+        label = self.eval_spec.classify_label
+        if not label or self.llm is None:
+            return []
+        if self.eval_spec.classify_candidates:
+            return list(self.eval_spec.classify_candidates)
+        dm = getattr(self.trainer, "datamodule", None)
+        clips = getattr(dm, "_clips", None) or []
+        split = dm.splits["test"] if dm is not None else "test"
+        values = set()
+        for clip in clips:
+            if clip.split == split and label in clip.labels:
+                v = clip.labels[label]
+                values.update(v if isinstance(v, list) else [v])
+        return sorted(str(v) for v in values)
+
+    @torch.no_grad()
+    def _rank_candidates(self, batch: dict, encoded: tuple) -> None:
+        label = self.eval_spec.classify_label
+        instruction = [self.eval_spec.classify_instruction] * len(batch["id"])
+        text = {k: v.to(self.device) for k, v in self.data_contract().text(instruction).items()}
+        soft, soft_mask = self.bridge(encoded[0].float(), encoded[1], text)
+        nll, counts = self.llm.candidate_nll(soft, soft_mask, text, self._candidates)
+        for i, clip_id in enumerate(batch["id"]):
+            truth = batch["labels"][i].get(label)
+            self._ranked.append({"id": clip_id, "nll": nll[i].cpu(), "counts": counts[i].cpu(), "truth": truth})
+
+    def _classification_metrics(self) -> dict:
+        from bridgebench.metrics import classification_metrics, rank_classes
+
+        rows = {r["id"]: r for r in self._gather(self._ranked) if r["truth"] is not None}
+        if not rows:
+            return {}
+        rows = list(rows.values())
+        ranking = rank_classes(torch.stack([r["nll"] for r in rows]), torch.stack([r["counts"] for r in rows]))
+        index = {c: i for i, c in enumerate(self._candidates)}
+        label = self.eval_spec.classify_label
+        multilabel = isinstance(rows[0]["truth"], list)
+        if multilabel:
+            targets = torch.zeros(len(rows), len(index), dtype=torch.long)
+            for n, r in enumerate(rows):
+                for v in r["truth"]:
+                    targets[n, index[str(v)]] = 1
+        else:
+            targets = torch.tensor([index.get(str(r["truth"]), -1) for r in rows])
+        out = classification_metrics(ranking, targets, multilabel=multilabel)
+        return {f"classify_{label}_{k}": 100.0 * v if k.startswith("accuracy") else v for k, v in out.items()}
+
+    def _gather(self, rows: list) -> list:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
-        if self.trainer.is_global_zero:
-            run_dir = self.trainer.default_root_dir  # the run folder (see cli.BridgeCLI)
-            os.makedirs(run_dir, exist_ok=True)
-            path = os.path.join(run_dir, "predictions.jsonl")
-            tmp = path + ".tmp"
-            with open(tmp, "w") as f:
-                for row in sorted(rows, key=lambda r: str(r["id"])):
-                    f.write(json.dumps(row) + "\n")
-            os.replace(tmp, path)
-            rank_zero_info(f"wrote {len(rows)} predictions to {path}")
+            return [r for part in gathered for r in part]
+        return rows
 
     # === Stage-1 evaluation: retrieval and zero-shot classification ===
 
@@ -369,10 +458,7 @@ class BridgeModule(L.LightningModule):
         rows, self._retrieval = self._retrieval, []
         if self.stage1 is None or "atc" not in self.stage1.objectives:
             return {}
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
+        rows = self._gather(rows)
         unique = {}
         for row in rows:  # qa sets and distributed padding repeat clips
             unique.setdefault(row["id"], row)

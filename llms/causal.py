@@ -129,6 +129,29 @@ class CausalLM(LanguageModel):
         return self.loss_from_inputs(*self.assemble(soft, soft_mask, text, with_target=True))
 
     @torch.no_grad()
+    def candidate_nll(self, soft, soft_mask, text, candidates: list[str], chunk: int = 16):
+        """Summed token NLL of every candidate answer (with its end symbol, as trained) for every
+        sample. Returns (nll_sum [B, C], token_counts [B, C])."""
+        answers = self.text_processor([""] * len(candidates), candidates)
+        b, c = soft.shape[0], len(candidates)
+        sums, counts = [], []
+        for start in range(0, c, chunk):
+            ids = answers["target_ids"][start:start + chunk].to(soft.device)
+            keep = answers["target_mask"][start:start + chunk].to(soft.device)
+            k = ids.shape[0]
+            rep = {key: text[key].repeat_interleave(k, dim=0) for key in ("pre_ids", "pre_mask", "post_ids", "post_mask")}
+            rep["target_ids"], rep["target_mask"] = ids.repeat(b, 1), keep.repeat(b, 1)
+            embeds, mask, labels = self.assemble(soft.repeat_interleave(k, dim=0),
+                                                 soft_mask.repeat_interleave(k, dim=0), rep, with_target=True)
+            hf = self.hf
+            hidden = getattr(hf, hf.base_model_prefix)(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+            logits = hf.get_output_embeddings()(hidden[:, :-1]).float()
+            nll = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
+            sums.append(nll.sum(1).view(b, k))
+            counts.append(keep.sum(1).repeat(b).view(b, k))
+        return torch.cat(sums, 1), torch.cat(counts, 1)
+
+    @torch.no_grad()
     def generate(self, soft, soft_mask, text, gen: GenerationSpec) -> list[str]:
         embeds, mask, _ = self.assemble(soft, soft_mask, text, with_target=False)
         kw = self.decoding_kwargs(gen)

@@ -64,6 +64,30 @@ class Seq2SeqLM(LanguageModel):
         return self.model(inputs_embeds=embeds, attention_mask=mask.long(), labels=labels).loss.float()
 
     @torch.no_grad()
+    def candidate_nll(self, soft, soft_mask, text, candidates: list[str], chunk: int = 64):
+        """Summed token NLL of every candidate (EOS included) for every sample, LAVIS-style: the
+        encoder runs once per sample and its states are repeated for the candidates.
+        Returns (nll_sum [B, C], token_counts [B, C])."""
+        embeds, mask = self.encoder_inputs(soft, soft_mask, text)
+        states = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        cand = self.tokenizer(candidates, padding="longest", return_tensors="pt").to(soft.device)
+        b, c = soft.shape[0], len(candidates)
+        sums, counts = [], []
+        for start in range(0, c, chunk):
+            ids = cand.input_ids[start:start + chunk]
+            keep = cand.attention_mask[start:start + chunk].bool()
+            k = ids.shape[0]
+            labels = ids.masked_fill(~keep, -100).repeat(b, 1)
+            enc = states.repeat_interleave(k, dim=0)
+            out = self.model(encoder_outputs=(enc,), attention_mask=mask.long().repeat_interleave(k, dim=0),
+                             labels=labels)
+            nll = torch.nn.functional.cross_entropy(out.logits.float().transpose(1, 2), labels, reduction="none",
+                                                    ignore_index=-100)
+            sums.append(nll.sum(1).view(b, k))
+            counts.append(keep.sum(1).repeat(b).view(b, k))
+        return torch.cat(sums, 1), torch.cat(counts, 1)
+
+    @torch.no_grad()
     def generate(self, soft, soft_mask, text, gen: GenerationSpec) -> list[str]:
         embeds, mask = self.encoder_inputs(soft, soft_mask, text)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.long(), **self.decoding_kwargs(gen))

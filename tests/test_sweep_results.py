@@ -1,0 +1,66 @@
+"""Test runs write metrics.json + predictions.jsonl; results tables aggregate runs; sweeps resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bridgebench.cli import main, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
+
+
+def _fit_test(preset, run_dir, *extra):
+    common = ["--config", os.path.join(ROOT, "experiments", f"{preset}.yaml"), "--config", TINY,
+              f"--trainer.default_root_dir={run_dir}", "--trainer.max_steps=2", *extra]
+    run(["fit", *common])
+    run(["test", *common, f"--ckpt_path={run_dir}/checkpoints/last.ckpt"])
+
+
+def test_test_run_writes_metrics_and_predictions_and_results_aggregates(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fit_test("musilingo_stage2", a, "--model.evaluation.metric_modes=[standard, musilingo]",
+              "--model.evaluation.classify_label=level", "--model.evaluation.classify_instruction=Is it loud or soft?")
+    _fit_test("blap_stage2", b)
+    metrics = json.loads((a / "metrics.json").read_text())
+    for key in ("test/loss", "test/bleu_4", "test/rouge_l", "test/cider_d", "test/musilingo/rouge_l_recall",
+                "test/classify_level_accuracy_sum", "test/classify_level_accuracy_mean"):
+        assert isinstance(metrics[key], float), key
+    assert metrics["test/spice"].startswith("unavailable: ")
+    assert metrics["run"]["bridge"] == "linear_pool"
+    rows = [json.loads(x) for x in (a / "predictions.jsonl").read_text().splitlines()]
+    assert rows and {"id", "prediction", "references"} <= set(rows[0])
+    capsys.readouterr()
+    assert main(["results", str(a), str(b), "--out", str(tmp_path / "table.md")]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| a |" in table and "| b |" in table and "test/bleu_4" in table
+    assert (tmp_path / "table.csv").exists()
+
+
+def test_sweep_runs_cells_and_skips_finished_ones(tmp_path):
+    cmd = [sys.executable, "-m", "bridgebench", "sweep", "experiments/sweeps/loss_ablation.yaml", "--tiny",
+           "--seeds", "0", "--cells", "ATC", "ATC+ATG", "--runs", str(tmp_path / "runs"),
+           "--results", str(tmp_path / "results"), "--", "--trainer.max_steps=2"]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert first.stdout.count("running in") == 2
+    table = (tmp_path / "results" / "loss_ablation-tiny.md").read_text()
+    assert "| ATC | 1 |" in table and "| ATC+ATG | 1 |" in table
+    assert (tmp_path / "results" / "loss_ablation-tiny.png").stat().st_size > 1000
+    assert (tmp_path / "results" / "loss_ablation-tiny.csv").exists()
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0
+    assert second.stdout.count("finished earlier, skipped") == 2 and "running in" not in second.stdout
+
+
+@pytest.mark.slow
+def test_make_sweep_loss_ablation_tiny(tmp_path):
+    out = subprocess.run(["make", "--no-print-directory", "sweep", "NAME=loss_ablation", "TINY=1",
+                          f"PY={sys.executable}", "VENV=" + os.path.dirname(os.path.dirname(sys.executable))],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:]
