@@ -64,3 +64,23 @@ def test_make_sweep_loss_ablation_tiny(tmp_path):
                           f"PY={sys.executable}", "VENV=" + os.path.dirname(os.path.dirname(sys.executable))],
                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_caption_command_on_wav_and_mp3_from_a_trained_run(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    run_dir = tmp_path / "run"
+    _fit_test("musilingo_stage2", run_dir)
+    t = np.arange(24_000) / 16_000
+    sf.write(tmp_path / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 16_000)
+    sf.write(tmp_path / "tone.mp3", 0.3 * np.sin(2 * np.pi * 880 * t), 16_000)
+    capsys.readouterr()
+    files = [str(tmp_path / "tone.wav"), str(tmp_path / "tone.mp3")]
+    assert main(["caption", *files, "--ckpt", str(run_dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == files and all(len(line.split("\t")) == 2 for line in lines)
+    assert main(["caption", files[0], "--ckpt", str(run_dir), "--instruction", "Is the tone loud or soft?"]) == 0
+    assert capsys.readouterr().out.startswith(files[0] + "\t")
+    assert main(["caption", files[0], "--ckpt", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
