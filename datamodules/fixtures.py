@@ -74,4 +74,10 @@ def tones_manifest(clips_per_cell: int = 6, seconds: float = 2.0) -> Path:
     return manifest
 
 
-BUILTINS = {"builtin:tones": tones_manifest}
+def _music_synth():
+    from bridgebench.datamodules.music_synth import music_synth_manifest
+
+    return music_synth_manifest()
+
+
+BUILTINS = {"builtin:tones": tones_manifest, "builtin:music-synth": _music_synth}

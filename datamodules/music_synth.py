@@ -45,8 +45,9 @@ import shutil
 import tempfile
 import time
 import wave
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from filelock import FileLock
@@ -74,14 +75,14 @@ INSTRUMENTS = {  # lead instrument -> GM program (0-based)
 LEAD_OCTAVE = {"flute": 12}  # the melody is written in 60..81; these leads play it an octave up
 
 GENRES = {  # groove -> meter (beats per bar), BPM range (inclusive), swing, bass and chord programs
-    "rock": dict(beats=4, bpm=(100, 150), swing=None, bass=34, chords=(30, 18, 48)),
-    "funk": dict(beats=4, bpm=(88, 118), swing=None, bass=36, chords=(28, 5, 61)),
-    "jazz": dict(beats=4, bpm=(110, 180), swing=8, bass=32, chords=(0, 26, 48)),
-    "bossa nova": dict(beats=4, bpm=(110, 145), swing=None, bass=32, chords=(24, 0, 48)),
-    "waltz": dict(beats=3, bpm=(90, 160), swing=None, bass=32, chords=(0, 48, 24)),
-    "electronic": dict(beats=4, bpm=(118, 135), swing=None, bass=38, chords=(89, 90, 48)),
-    "hip hop": dict(beats=4, bpm=(80, 100), swing=16, bass=33, chords=(5, 48, 26)),
-    "ballad": dict(beats=4, bpm=(60, 80), swing=None, bass=32, chords=(48, 0, 89)),
+    "rock": {"beats": 4, "bpm": (100, 150), "swing": None, "bass": 34, "chords": (30, 18, 48)},
+    "funk": {"beats": 4, "bpm": (88, 118), "swing": None, "bass": 36, "chords": (28, 5, 61)},
+    "jazz": {"beats": 4, "bpm": (110, 180), "swing": 8, "bass": 32, "chords": (0, 26, 48)},
+    "bossa nova": {"beats": 4, "bpm": (110, 145), "swing": None, "bass": 32, "chords": (24, 0, 48)},
+    "waltz": {"beats": 3, "bpm": (90, 160), "swing": None, "bass": 32, "chords": (0, 48, 24)},
+    "electronic": {"beats": 4, "bpm": (118, 135), "swing": None, "bass": 38, "chords": (89, 90, 48)},
+    "hip hop": {"beats": 4, "bpm": (80, 100), "swing": 16, "bass": 33, "chords": (5, 48, 26)},
+    "ballad": {"beats": 4, "bpm": (60, 80), "swing": None, "bass": 32, "chords": (48, 0, 89)},
 }
 TEMPO_CLASSES = {"slow": (0, 90), "medium": (90, 120), "fast": (120, 10_000)}  # [lo, hi) BPM
 DYNAMICS = {"soft": 40, "medium": 75, "loud": 112}  # base note velocity
@@ -115,8 +116,10 @@ def phrase(attribute: str, label: str) -> str:
     return label
 
 
-_PHRASES = [(attr, label, phrase(attr, label)) for attr in ("instrument", "genre", "tempo_class", "dynamics")
-            for label in VOCABULARY[attr]]
+_PHRASES = sorted(  # (attribute, label, pattern), longest phrase first
+    ((attr, label, re.compile(r"(?<![a-z])" + re.escape(phrase(attr, label)) + r"(?![a-z])"))
+     for attr in ("instrument", "genre", "tempo_class", "dynamics") for label in VOCABULARY[attr]),
+    key=lambda x: -len(x[2].pattern))
 _KEY_RE = re.compile(r"(?<![A-Za-z#])([A-G][#b]?) (major|minor)\b")
 _BPM_RE = re.compile(r"\b(\d{2,3}) ?bpm\b", re.IGNORECASE)
 
@@ -129,8 +132,7 @@ def caption_attributes(text: str) -> dict:
     """
     low = f" {text.lower()} "
     found: dict = {}
-    for attr, label, p in sorted(_PHRASES, key=lambda x: -len(x[2])):
-        pat = re.compile(r"(?<![a-z])" + re.escape(p) + r"(?![a-z])")
+    for attr, label, pat in _PHRASES:
         if pat.search(low):
             low = pat.sub(" ", low)
             found.setdefault(attr, []).append(label)
@@ -148,7 +150,7 @@ def caption_attributes(text: str) -> dict:
 def _require():
     """Import pretty_midi and pyfluidsynth, or raise a RuntimeError with the install commands."""
     try:
-        import pretty_midi  # noqa: F401
+        import pretty_midi
     except ImportError as err:
         raise RuntimeError(f"{INSTALL_HINT} (import pretty_midi failed: {err})") from None
     try:
@@ -241,7 +243,7 @@ DRUMS = {
 }
 
 
-def _swing(pos: float, swing: Optional[int]) -> float:
+def _swing(pos: float, swing: int | None) -> float:
     """Delay the off-beat 8ths (swing=8) or 16ths (swing=16) to a 2:1 triplet feel."""
     if not swing:
         return pos
@@ -439,7 +441,7 @@ def render_midi(pm, seconds: float, sample_rate: int = 16_000) -> np.ndarray:
     is rendered in one pass with a fixed gain and no normalisation. A 10 ms fade-out ends the clip.
     """
     write = _write_float()
-    n = int(round(seconds * sample_rate))
+    n = round(seconds * sample_rate)
     total = -(-n // BLOCK) * BLOCK
     synth, sfid = _new_synth(sample_rate)
     try:
@@ -453,8 +455,8 @@ def render_midi(pm, seconds: float, sample_rate: int = 16_000) -> np.ndarray:
             else:
                 synth.program_select(ch, sfid, 0, inst.program)
             for note in inst.notes:
-                on = int(round(note.start * sample_rate / BLOCK)) * BLOCK
-                off = max(on + BLOCK, int(round(note.end * sample_rate / BLOCK)) * BLOCK)
+                on = round(note.start * sample_rate / BLOCK) * BLOCK
+                off = max(on + BLOCK, round(note.end * sample_rate / BLOCK) * BLOCK)
                 if on < total:
                     events.append((on, 1, ch, note.pitch, note.velocity))
                     events.append((off, 0, ch, note.pitch, 0))
@@ -497,15 +499,16 @@ def _write_wav(path: Path, y: np.ndarray, sample_rate: int) -> None:
 # Text
 
 TEMPLATES = (
-    "This {genre} track features {a_instrument} lead, accompanied by bass and drums. It is in {key} {mode}, "
-    "played with {dynamics} at {bpm} bpm ({tempo}).",
+    ("This {genre} track features {a_instrument} as the lead instrument, accompanied by bass and drums. "
+     "It is in {key} {mode}, played with {dynamics} at {bpm} bpm ({tempo})."),
     "The music is characterized by {genre}, {instrument}, bass, drums, {tempo} and {dynamics}.",
-    "An instrumental {genre} piece in {key} {mode} where {a_instrument} plays the melody over bass and drums, "
-    "at a {tempo} with {dynamics}.",
+    ("An instrumental {genre} piece in {key} {mode} where {a_instrument} plays the melody over bass and drums, "
+     "at a {tempo} with {dynamics}."),
     "{A_instrument} melody over a {genre} groove of bass and drums, {tempo}, {bpm} bpm, {key} {mode}.",
-    "A {tempo} {genre} song with {dynamics}: {a_instrument} leads, with bass and drums behind it, in {key} {mode}.",
-    "You can hear {a_instrument} playing a tune in {key} {mode} on top of a {genre} beat with bass and drums. "
-    "The {tempo} is about {bpm} bpm and the performance has {dynamics}.",
+    ("A {tempo} {genre} song with {dynamics}: {a_instrument} carries the melody, with bass and drums behind it, "
+     "in {key} {mode}."),
+    ("You can hear {a_instrument} playing a tune in {key} {mode} on top of a {genre} beat with bass and drums. "
+     "The {tempo} is about {bpm} bpm and the performance has {dynamics}."),
 )
 QUESTIONS = (
     ("What is the lead instrument?", "instrument"),
@@ -523,12 +526,13 @@ def _article(word: str) -> str:
 
 
 def _text(labels: dict, rng: np.random.Generator) -> tuple[list[str], list[str], list[dict]]:
-    inst, tempo, dyn = labels["instrument"], phrase("tempo_class", labels["tempo_class"]), phrase("dynamics", labels["dynamics"])
+    inst = labels["instrument"]
+    tempo, dyn = phrase("tempo_class", labels["tempo_class"]), phrase("dynamics", labels["dynamics"])
     tags = [labels["genre"], inst, "bass", "drums", tempo, f"{labels['bpm']} bpm",
             f"{labels['key']} {labels['mode']}", dyn]
-    fields = dict(genre=labels["genre"], instrument=inst, a_instrument=_article(inst),
-                  A_instrument=_article(inst).capitalize(), tempo=tempo, dynamics=dyn, bpm=labels["bpm"],
-                  key=labels["key"], mode=labels["mode"])
+    fields = {"genre": labels["genre"], "instrument": inst, "a_instrument": _article(inst),
+              "A_instrument": _article(inst).capitalize(), "tempo": tempo, "dynamics": dyn, "bpm": labels["bpm"],
+              "key": labels["key"], "mode": labels["mode"]}
     picks = rng.choice(len(TEMPLATES), size=3, replace=False)
     captions = [", ".join(tags)] + [TEMPLATES[int(k)].format(**fields) for k in picks]
     answers = dict(labels, bpm=f"{labels['bpm']} bpm", key=f"{labels['key']} {labels['mode']}")
@@ -560,12 +564,38 @@ def _render_clip(args) -> dict:
     return row
 
 
-def _init_worker():
-    _require()
+# Worker processes are spawned, never forked: forking a process that has other threads (torch's,
+# the executor's own) can deadlock the child, and did here once in a test run. Importing this module
+# the normal way in each spawned worker would run bridgebench.datamodules/__init__.py, which imports
+# lightning and torch (~4 s and ~300 MB per worker) for nothing: the workers need numpy, pretty_midi
+# and fluidsynth only. So the initializer, a stdlib function (exec) that needs no import to unpickle,
+# first registers a bare package object for bridgebench.datamodules (unless the worker already has
+# the real one), then imports this module from the package folder. As with any spawned process, the
+# worker first re-imports the caller's main script: a script must call music_synth_manifest under
+# ``if __name__ == "__main__":``; otherwise the worker fails with that advice (BrokenProcessPool
+# in the caller, turned into a RuntimeError); nothing hangs.
+_WORKER_BOOT = """
+import importlib, sys, types
+if 'bridgebench.datamodules' not in sys.modules:
+    import bridgebench
+    _pkg = types.ModuleType('bridgebench.datamodules')
+    _pkg.__path__ = [{path!r}]
+    _pkg.__package__ = 'bridgebench.datamodules'
+    sys.modules['bridgebench.datamodules'] = _pkg
+    bridgebench.datamodules = _pkg
+importlib.import_module('bridgebench.datamodules.music_synth')._require()
+"""
+MAIN_GUARD_HINT = ("call music_synth_manifest() under `if __name__ == \"__main__\":` in a script: its worker "
+                   "processes are spawned, and each one first re-imports the main script")
+
+
+def _executor(workers: int) -> ProcessPoolExecutor:
+    boot = _WORKER_BOOT.format(path=os.path.dirname(os.path.abspath(__file__)))
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=exec, initargs=(boot, {}))
 
 
 def music_synth_manifest(num_clips: int = 2000, seconds: float = 10.0, sample_rate: int = 16000, seed: int = 0,
-                         workers: Optional[int] = None) -> Path:
+                         workers: int | None = None) -> Path:
     """Manifest of the rendered music set, generated into the cache on first use.
 
     Cached by (num_clips, seconds, sample_rate, seed); ``workers`` (default: all cores) only changes
@@ -573,6 +603,9 @@ def music_synth_manifest(num_clips: int = 2000, seconds: float = 10.0, sample_ra
     """
     if num_clips < 1 or seconds <= 0 or sample_rate < 8000:
         raise ValueError("music_synth_manifest: need num_clips >= 1, seconds > 0, sample_rate >= 8000")
+    if getattr(mp.current_process(), "_inheriting", False):  # a spawned process re-running an unguarded script
+        raise RuntimeError(f"music_synth_manifest() was called while a new process imported the main module: "
+                           f"{MAIN_GUARD_HINT}")
     _require()
     root = cache_dir() / "data"
     root.mkdir(parents=True, exist_ok=True)
@@ -587,7 +620,8 @@ def music_synth_manifest(num_clips: int = 2000, seconds: float = 10.0, sample_ra
         try:
             (tmp / "audio").mkdir()
             jobs = [(seed, i, seconds, sample_rate, str(tmp)) for i in range(num_clips)]
-            workers = workers or os.cpu_count() or 1
+            if not workers:
+                workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if mp.current_process().daemon:
                 workers = 1  # a daemonic process (e.g. a DataLoader worker) cannot start children
             workers = max(1, min(workers, num_clips))
@@ -595,9 +629,13 @@ def music_synth_manifest(num_clips: int = 2000, seconds: float = 10.0, sample_ra
             if workers == 1:
                 rows = [_render_clip(j) for j in jobs]
             else:
-                # spawn: safe even when the caller has threads (torch); the clips do not depend on it
-                with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-                    rows = list(pool.imap(_render_clip, jobs, chunksize=max(1, min(16, num_clips // (4 * workers)))))
+                chunk = max(1, min(16, num_clips // (4 * workers)))
+                try:
+                    with _executor(workers) as pool:
+                        rows = list(pool.map(_render_clip, jobs, chunksize=chunk))
+                except BrokenProcessPool as err:
+                    raise RuntimeError(f"a music-synth worker process died ({err}); if this ran from a script, "
+                                       f"{MAIN_GUARD_HINT}") from err
             log.info("music-synth: rendered %d clips in %.1f s with %d workers", num_clips,
                      time.perf_counter() - began, workers)
             write_manifest(str(tmp / "manifest.jsonl"), rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -126,12 +125,6 @@ def test_all_losses_are_finite_and_train_the_bridge():
 # --- DDP: ATC loss and gradients equal one process on the concatenated batch ---
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _atc_grads(bridge, heads, audio, amask, ids, tmask):
     loss = heads.losses(bridge, audio, amask, ids, tmask)["atc"]
     loss.backward()
@@ -140,9 +133,10 @@ def _atc_grads(bridge, heads, audio, amask, ids, tmask):
     return loss.detach(), grads
 
 
-def _ddp_worker(rank, world, port, out_dir, cache):
+def _ddp_worker(rank, world, out_dir, cache):
     os.environ["BRIDGEBENCH_CACHE"] = cache
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # File rendezvous: no port that another process on the machine could take first.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank,
                                          world_size=world)
     bridge, heads = _setup(("atc",))
     audio, amask, ids, tmask = _inputs(b=4)
@@ -157,7 +151,7 @@ def _ddp_worker(rank, world, port, out_dir, cache):
 
 def test_two_process_ddp_atc_equals_one_process_on_the_whole_batch(tmp_path):
     _setup(("atc",))  # builds the tiny BERT in this session's cache before the workers start
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), os.environ["BRIDGEBENCH_CACHE"]), nprocs=2)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path), os.environ["BRIDGEBENCH_CACHE"]), nprocs=2)
     bridge, heads = _setup(("atc",))
     loss, grads = _atc_grads(bridge, heads, *_inputs(b=4))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
