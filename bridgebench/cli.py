@@ -47,13 +47,15 @@ class BridgeCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or os.path.join("runs", "default")
         config.trainer.default_root_dir = root
-        if config.trainer.logger in (None, True):
-            from jsonargparse import Namespace
+        from jsonargparse import Namespace
 
+        if config.trainer.logger in (None, True):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",
                 init_args=Namespace(save_dir=root, name="", version=""),
             )
+        if not config.trainer.plugins:  # checkpoints are written whole or not at all
+            config.trainer.plugins = [Namespace(class_path="bridgebench.checkpointing.AtomicCheckpointIO")]
 
 
 # Commands beside Lightning's fit/validate/test/predict: name -> module with main(argv).

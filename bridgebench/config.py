@@ -30,9 +30,13 @@ class ClapOptions:
     """`clap`: the LAION-CLAP HTS-AT audio branch through transformers' ClapAudioModel (48 kHz)."""
 
     pretrained: str = "laion/larger_clap_music"
-    """HF id or local dir of a CLAP checkpoint, a LAION-CLAP ``.pt`` file, or ``tiny``."""
+    """HF id or local dir of a CLAP checkpoint, a LAION-CLAP ``.pt`` file, ``tiny``, or ``small`` (a
+    small random-init HTS-AT to train from scratch, as the demo does)."""
     clip_seconds: float = 10.0
     """HTS-AT sees fixed 10 s windows (1001 mel frames); shorter clips are zero-padded."""
+    sample_rate: int = 48_000
+    """Input rate. LAION: 48 kHz with a 1024-point STFT, hop 480, 50 Hz-14 kHz. Other rates scale the
+    STFT and hop so a 10 s window still gives 1001 frames (fmax is capped at the Nyquist rate)."""
 
 
 @dataclass
@@ -215,6 +219,9 @@ class EvalSpec:
     """Instruction given with the audio when ranking the classes."""
     classify_candidates: Optional[list[str]] = None
     """The classes to rank (default: every value of ``classify_label`` in the test split)."""
+    attribute_vocabulary: Optional[str] = None
+    """``music-synth``: read the attributes each generated caption names (closed vocabularies) and
+    report per-attribute accuracy against the clip's true labels."""
 
     rerank_k: int = 0
     """Re-rank the top-k ATC candidates by ATM logit + ATC similarity (LAVIS: 128); 0 = off."""
@@ -280,10 +287,10 @@ def looks_local(value: str) -> bool:
 
 
 def check_pretrained(key: str, value: str) -> None:
-    """A pretrained reference is ``tiny``, ``pkg:<package>[/sub]``, an existing path, or a hub id."""
+    """A pretrained reference is ``tiny``/``small``, ``pkg:<package>[/sub]``, an existing path, or a hub id."""
     if not value:
         raise ConfigError(f"{key}: empty checkpoint reference; give a hub id, a local path or 'tiny'")
-    if value == "tiny":
+    if value in ("tiny", "small"):
         return
     if value.startswith("pkg:"):
         from bridgebench.paths import resolve_package_path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
@@ -70,6 +71,24 @@ class TextProcessor:
         return out
 
 
+ATTRIBUTES = ("instrument", "genre", "tempo_class", "dynamics", "key", "mode")
+
+
+def attribute_accuracy(rows: list[dict], vocabulary: str) -> dict[str, float]:
+    """Share (%) of generated captions that name each true attribute (closed-vocabulary match)."""
+    if vocabulary != "music-synth":
+        raise ConfigError(f"model.evaluation.attribute_vocabulary: unknown '{vocabulary}'; known: music-synth")
+    from bridgebench.datamodules.music_synth import caption_attributes
+
+    out = {}
+    for attr in ATTRIBUTES:
+        scored = [r for r in rows if attr in r.get("labels", {})]
+        if scored:
+            hits = [caption_attributes(r["prediction"]).get(attr) == r["labels"][attr] for r in scored]
+            out[f"attr_acc_{attr}"] = 100.0 * sum(hits) / len(hits)
+    return out
+
+
 def resolve_frozen_dtype(name: str) -> torch.dtype:
     if name == "auto":
         # bf16 storage only where bf16 matmuls are native; CPUs emulate them slowly.
@@ -97,6 +116,8 @@ class BridgeModule(L.LightningModule):
         generation: Decoding for validate/test/predict.
         stage1_checkpoint: A stage-1 run's checkpoint whose bridge (and trained encoder) weights
             initialise this run.
+        stage1_parts: Which parts to take from it: ``bridge``, ``encoder`` (default: both; a
+            linear_pool run takes only the stage-1-trained encoder).
         frozen_dtype: Storage dtype of frozen modules: auto (bf16 on GPUs that support it, else
             float32), float32, bfloat16 or float16.
     """
@@ -112,6 +133,7 @@ class BridgeModule(L.LightningModule):
         stage1: Stage1Spec = Stage1Spec(),
         evaluation: EvalSpec = EvalSpec(),
         stage1_checkpoint: Optional[str] = None,
+        stage1_parts: Optional[list[str]] = None,
         frozen_dtype: str = "auto",
     ):
         super().__init__()
@@ -121,7 +143,8 @@ class BridgeModule(L.LightningModule):
         self.save_hyperparameters({
             "encoder": asdict(encoder), "bridge": asdict(bridge), "llm": asdict(llm), "objectives": objectives,
             "optimizer": asdict(optimizer), "generation": asdict(generation), "stage1": asdict(stage1),
-            "evaluation": asdict(evaluation), "stage1_checkpoint": stage1_checkpoint, "frozen_dtype": frozen_dtype,
+            "evaluation": asdict(evaluation), "stage1_checkpoint": stage1_checkpoint,
+            "stage1_parts": stage1_parts, "frozen_dtype": frozen_dtype,
         })
         self.specs = {"encoder": encoder, "bridge": bridge, "llm": llm}
         self.objectives = objectives
@@ -147,7 +170,9 @@ class BridgeModule(L.LightningModule):
         # testing load with strict=False; on_load_checkpoint checks nothing trainable is missing.
         self.strict_loading = False
         if stage1_checkpoint is not None:
-            self.load_stage1(stage1_checkpoint)
+            # By default the bridge must be there; the encoder only if stage 1 trained it.
+            self.load_stage1(stage1_checkpoint, tuple(stage1_parts or ("bridge", "encoder")),
+                             required=tuple(stage1_parts or ("bridge",)))
         self._predictions: list[dict] = []
         self._retrieval: list[dict] = []
         self._ranked: list[dict] = []
@@ -323,7 +348,8 @@ class BridgeModule(L.LightningModule):
         soft = self.bridge(encoded[0].float(), encoded[1], batch["text"])
         for i, text in enumerate(self.generate(batch, soft)):
             self._predictions.append({"id": batch["id"][i], "instruction": batch["instruction"][i],
-                                      "prediction": text, "references": batch["references"][i]})
+                                      "prediction": text, "references": batch["references"][i],
+                                      "labels": batch.get("labels", [{}] * len(batch["id"]))[i]})
         if self._candidates:
             self._rank_candidates(batch, encoded)
 
@@ -351,6 +377,8 @@ class BridgeModule(L.LightningModule):
             for mode in self.eval_spec.metric_modes:
                 # Non-standard modes prefix their names (musilingo/..., lpmc/...).
                 self.test_results.update(caption_metrics(preds, refs, mode=mode, train_captions=train))
+            if self.eval_spec.attribute_vocabulary:
+                self.test_results.update(attribute_accuracy(self._predictions, self.eval_spec.attribute_vocabulary))
         for name, value in self.test_results.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.log(f"test/{name}", float(value), rank_zero_only=True)
@@ -557,6 +585,10 @@ class BridgeModule(L.LightningModule):
     # === Checkpoints ===
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Random state at this step, so a resumed run draws the same dropout masks and ATM negatives.
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         keep = self.trainable_state_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["bridgebench"] = {
@@ -572,9 +604,29 @@ class BridgeModule(L.LightningModule):
                 f"checkpoint lacks {len(missing)} trainable weights of this model (first: {missing[0]}); "
                 "it was saved from a different configuration"
             )
+        self._rng_to_restore = checkpoint.get("rng")
+        # Resuming fit mid-epoch: tell the datamodule's sampler where the checkpoint stopped.
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        # "processed": batches whose step ran (a checkpoint saved in on_train_batch_end has not yet
+        # counted its own batch as "completed").
+        done = progress.get("current", {}).get("processed")
+        if dm is not None and hasattr(dm, "resume_at") and done is not None and trainer.state.fn == "fit":
+            dm.resume_at(checkpoint.get("epoch", 0), int(done))
 
-    def load_stage1(self, path: str) -> None:
-        """Initialise the bridge (and a stage-1-trained encoder) from a stage-1 checkpoint."""
+    def on_train_start(self) -> None:
+        state = getattr(self, "_rng_to_restore", None)
+        if state:  # after the sanity check, which draws random numbers of its own
+            torch.set_rng_state(state["torch"])
+            random.setstate(state["python"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+        self._rng_to_restore = None
+
+    def load_stage1(self, path: str, parts: tuple[str, ...] = ("bridge", "encoder"),
+                    required: tuple[str, ...] = ("bridge",)) -> None:
+        """Initialise the bridge and/or a stage-1-trained encoder from a stage-1 checkpoint."""
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line report
@@ -584,7 +636,7 @@ class BridgeModule(L.LightningModule):
         ignored = self.bridge.stage1_only_keys()
         load, skipped = {}, []
         for key, value in state.items():
-            if not key.startswith(("bridge.", "encoder.")):
+            if not key.startswith(tuple(f"{p}." for p in parts)):
                 skipped.append(key)  # stage-1 heads (contrastive projections, matching head, ...)
                 continue
             if key not in own:
@@ -602,8 +654,9 @@ class BridgeModule(L.LightningModule):
                 )
             load[key] = value
         fresh = sorted(k for k in self.trainable_state_keys() if k.startswith("bridge.") and k not in load)
-        if not any(k.startswith("bridge.") for k in load):
-            raise ConfigError(f"model.stage1_checkpoint: '{path}' holds no bridge weights")
+        for part in required:
+            if not any(k.startswith(f"{part}.") for k in load):
+                raise ConfigError(f"model.stage1_checkpoint: '{path}' holds no {part} weights")
         self.load_state_dict(load, strict=False)
         rank_zero_info(
             f"stage-1 checkpoint {path}: loaded {len(load)} tensors, skipped {len(skipped)} stage-1-only, "

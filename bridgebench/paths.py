@@ -39,12 +39,17 @@ def resolve_package_path(value: str, key: str = "checkpoint") -> str:
 
 def resolve_pretrained(value: str, key: str, family: str | None = None, build: bool = True) -> str:
     """Turn a pretrained reference into a hub id or a local path."""
-    if value == "tiny":
-        if family is None:
-            return "tiny"
+    if value in ("tiny", "small"):
+        if family is None or not build:
+            return value
         from bridgebench.tiny import tiny_checkpoint
 
-        return str(tiny_checkpoint(family)) if build else "tiny"
+        name = family if value == "tiny" else f"{family}-small"
+        from bridgebench.tiny import FAMILIES
+
+        if name not in FAMILIES:
+            raise ConfigError(f"{key}: no '{value}' stand-in for {family}; use a checkpoint or 'tiny'")
+        return str(tiny_checkpoint(name))
     if value.startswith("pkg:"):
         return resolve_package_path(value, key)
     return os.path.expanduser(value)

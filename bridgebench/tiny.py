@@ -21,9 +21,9 @@ from filelock import FileLock
 from bridgebench.paths import cache_dir
 
 # Bump when a builder changes, so stale tiny folders are never reused.
-TINY_VERSION = 2
+TINY_VERSION = 3
 
-FAMILIES = ("clap", "mert", "data2vec", "bert", "t5", "llama")
+FAMILIES = ("clap", "clap-small", "mert", "data2vec", "bert", "t5", "llama")
 
 # Words the tiny tokenizers know: captions of the fixture data, the prompt templates, some music terms.
 _WORDS = """
@@ -65,8 +65,12 @@ def tiny_checkpoint(family: str) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=root))
         try:
-            torch.manual_seed(0)
-            _BUILDERS[family](tmp)
+            # Seeded, but on a forked generator: building on first use must not change the
+            # caller's random stream (a run that builds its tiny models would otherwise differ
+            # from the same run with them cached).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                _BUILDERS[family](tmp)
             (tmp / ".complete").write_text("ok\n")
             if target.exists():
                 shutil.rmtree(target)
@@ -145,6 +149,22 @@ def _build_clap(out: Path) -> None:
     ClapAudioModel(cfg).save_pretrained(str(out))
 
 
+def _build_clap_small(out: Path) -> None:
+    # A small HTS-AT (about 1 M parameters) to train from scratch: the demo's audio encoder.
+    from transformers import ClapAudioConfig, ClapAudioModel
+
+    cfg = ClapAudioConfig(
+        patch_embeds_hidden_size=32,
+        depths=[1, 1, 2, 1],
+        num_attention_heads=[2, 4, 8, 8],
+        hidden_size=256,
+        projection_dim=128,
+        enable_fusion=False,
+        drop_path_rate=0.0,
+    )
+    ClapAudioModel(cfg).save_pretrained(str(out))
+
+
 def _wav2vec_style_kwargs() -> dict:
     # Stride product 320 as in the real models (50 Hz at 16 kHz, 75 Hz at 24 kHz).
     return dict(
@@ -187,11 +207,13 @@ def _build_bert(out: Path) -> None:
     from transformers import BertConfig, BertModel
 
     tok = _bert_tokenizer(out)
+    from transformers import BertForMaskedLM
+
     cfg = BertConfig(
         vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=256,
+        max_position_embeddings=256, architectures=["BertForMaskedLM"],
     )
-    BertModel(cfg).save_pretrained(str(out))
+    BertForMaskedLM(cfg).save_pretrained(str(out))  # with an MLM head, like bert-base-uncased
 
 
 def _build_t5(out: Path) -> None:
@@ -220,6 +242,7 @@ def _build_llama(out: Path) -> None:
 
 _BUILDERS = {
     "clap": _build_clap,
+    "clap-small": _build_clap_small,
     "mert": _build_mert,
     "data2vec": _build_data2vec,
     "bert": _build_bert,

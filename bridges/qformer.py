@@ -233,12 +233,12 @@ def load_bert(reference: str, key: str):
 
     path = resolve_pretrained(reference, key, family="bert")
     config = AutoConfig.from_pretrained(path)
-    try:
+    if any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in (config.architectures or [])):
         # The MLM head (``cls.*``) initialises ATG's LM head when the checkpoint has one.
         from transformers import AutoModelForMaskedLM
 
         state = AutoModelForMaskedLM.from_pretrained(path).state_dict()
-    except (OSError, ValueError):
+    else:  # e.g. sentence-transformers' MiniLM: encoder only, the LM head starts random
         state = AutoModel.from_pretrained(path).state_dict()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return config, state, tokenizer

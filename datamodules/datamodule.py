@@ -63,8 +63,10 @@ def build_examples(clips: list[Clip], task: str, source: str) -> list[Example]:
 class AudioTextDataset(Dataset):
     def __init__(self, examples: list[Example], sample_rate: int, clip_seconds: Optional[float],
                  instructions: list[str], train: bool, random_crop: bool = True, skip_bad_audio: bool = False,
-                 store: Optional[FeatureStore] = None, serve_features: bool = False, cache_hint: str = ""):
+                 store: Optional[FeatureStore] = None, serve_features: bool = False, cache_hint: str = "",
+                 seed: int = 0):
         self.examples = examples
+        self.seed = seed
         self.sample_rate = sample_rate
         self.clip_seconds = clip_seconds
         self.clip_samples = None if clip_seconds is None else int(round(clip_seconds * sample_rate))
@@ -82,7 +84,7 @@ class AudioTextDataset(Dataset):
     def cache_key(self, clip: Clip) -> str:
         return example_key(clip.audio, clip.start, clip.end, self.clip_seconds, self.sample_rate)
 
-    def _signal(self, clip: Clip) -> dict:
+    def _signal(self, clip: Clip, rng: random.Random) -> dict:
         if self.serve_features:
             key = self.cache_key(clip)
             if key not in self.store:
@@ -91,20 +93,21 @@ class AudioTextDataset(Dataset):
                     f"fill the cache with: {self.cache_hint}")
             feats, valid = self.store.get(key)
             return {"features": feats, "valid": valid}
-        audio = load_audio(clip.audio, self.sample_rate, clip.start, clip.end)
-        if self.clip_samples is not None and len(audio) > self.clip_samples:
-            # Seeded per worker by Lightning (seed_everything(workers=True)), so crops are reproducible.
-            offset = random.randrange(len(audio) - self.clip_samples + 1) if self.random_crop else 0
-            audio = audio[offset: offset + self.clip_samples]
+        audio = load_audio(clip.audio, self.sample_rate, clip.start, clip.end, window=self.clip_seconds,
+                           choose_offset=(lambda spare: rng.randrange(spare + 1)) if self.random_crop else None)
+        if self.clip_samples is not None:
+            audio = audio[: self.clip_samples]  # resampling can round one sample over
         out = {"audio": torch.from_numpy(audio)}
         if self.store is not None:
             out["cache_key"] = self.cache_key(clip)
         return out
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item) -> dict:
+        index, epoch = item if isinstance(item, tuple) else (item, -1)
         ex = self.examples[index]
+        rng = random.Random(f"{self.seed}/{epoch}/{index}")  # reproducible, whatever process reads it
         try:
-            signal = self._signal(ex.clip)
+            signal = self._signal(ex.clip, rng)
         except AudioError as err:
             if not self.skip_bad_audio:
                 raise
@@ -112,10 +115,48 @@ class AudioTextDataset(Dataset):
         if ex.instruction is not None:
             instruction = ex.instruction
         else:
-            instruction = random.choice(self.instructions) if self.train else self.instructions[0]
-        target = random.choice(ex.targets) if self.train else ex.targets[0]
+            instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
+        target = rng.choice(ex.targets) if self.train else ex.targets[0]
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
                 "references": list(ex.targets), "labels": ex.clip.labels}
+
+
+class EpochSampler(torch.utils.data.distributed.DistributedSampler):
+    """One epoch's indices (this rank's share under DDP), each paired with the epoch number.
+
+    The dataset derives every random choice (crop offset, caption, instruction) from
+    (seed, epoch, index) and the order comes from (seed, epoch), so any epoch replays identically,
+    also after a restart; ``resume_at`` skips the samples a checkpoint had already trained on.
+    A DistributedSampler subclass, so Lightning keeps it under DDP and calls ``set_epoch``.
+    """
+
+    def __init__(self, dataset, shuffle: bool, seed: int):
+        dist = torch.distributed
+        ready = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if ready else 1,
+                         rank=dist.get_rank() if ready else 0, shuffle=shuffle, seed=seed, drop_last=False)
+        self._skip: tuple[int, int] = (-1, 0)  # (epoch, samples of this rank) to skip once
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        self._skip = (epoch, samples)
+
+    def __iter__(self):
+        indices = list(super().__iter__())  # seeded by (seed, epoch), padded and sharded per rank
+        skip = self._skip[1] if self._skip[0] == self.epoch else 0
+        self._skip = (-1, 0)
+        for index in indices[skip:]:
+            yield (index, self.epoch)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning treats as resumable. Its position lives in the EpochSampler, which the
+    module sets from the checkpoint's own progress counters (so prefetching never skews it)."""
+
+    def state_dict(self) -> dict:
+        return {"sampler": "EpochSampler"}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 @dataclass
@@ -218,6 +259,12 @@ class AudioTextDataModule(L.LightningDataModule):
         self.limit = limit
         self.contract = None
         self._clips: Optional[list[Clip]] = None
+        self._resume: Optional[tuple[int, int]] = None
+        self.train_sampler: Optional[EpochSampler] = None
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Continue training inside ``epoch`` after ``batches`` batches (from a checkpoint)."""
+        self._resume = (epoch, batches * self.batch_size)
 
     def manifest_path(self) -> str:
         if self.manifest in BUILTINS:
@@ -253,7 +300,13 @@ class AudioTextDataModule(L.LightningDataModule):
         return AudioTextDataset(examples, self.contract.sample_rate, min(windows) if windows else None,
                                 self.instructions, train=role == "train", random_crop=self.train_crop == "random",
                                 skip_bad_audio=self.skip_bad_audio, store=self.store(),
-                                serve_features=self.features == "cached", cache_hint=self.cache_hint)
+                                serve_features=self.features == "cached", cache_hint=self.cache_hint,
+                                seed=self.seed())
+
+    @staticmethod
+    def seed() -> int:
+        """The run's seed (``seed_everything``), so data randomness follows it."""
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def store(self) -> Optional[FeatureStore]:
         """The feature store of the connected encoder, when its features can be cached."""
@@ -267,9 +320,15 @@ class AudioTextDataModule(L.LightningDataModule):
 
     def _loader(self, role: str, shuffle: Optional[bool] = None) -> DataLoader:
         train = role == "train"
-        return DataLoader(
-            self.dataset(role), batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train if shuffle is None else shuffle,
+        dataset = self.dataset(role)
+        sampler = EpochSampler(dataset, shuffle=train if shuffle is None else shuffle, seed=self.seed())
+        if train:
+            self.train_sampler = sampler
+            if self._resume is not None:
+                sampler.resume_at(*self._resume)
+                self._resume = None
+        return ResumableLoader(
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
             num_workers=self.num_workers, collate_fn=Collate(self.contract.text), drop_last=False,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )

@@ -80,4 +80,15 @@ def _music_synth():
     return music_synth_manifest()
 
 
-BUILTINS = {"builtin:tones": tones_manifest, "builtin:music-synth": _music_synth}
+def _music_synth_small():
+    # The tiny override's data: the same generator, 64 clips of 4 s (seconds to render).
+    from bridgebench.datamodules.music_synth import music_synth_manifest
+
+    return music_synth_manifest(num_clips=64, seconds=4.0)
+
+
+BUILTINS = {
+    "builtin:tones": tones_manifest,
+    "builtin:music-synth": _music_synth,
+    "builtin:music-synth-small": _music_synth_small,
+}

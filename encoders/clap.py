@@ -13,6 +13,7 @@ works too) or from a LAION-CLAP ``.pt`` file through our own key mapping (``laio
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 import torch
@@ -49,10 +50,11 @@ class ClapEncoder(AudioEncoder):
 
     sample_rate = 48_000
 
-    def __init__(self, pretrained: str, clip_seconds: float = 10.0):
+    def __init__(self, pretrained: str, clip_seconds: float = 10.0, sample_rate: int = 48_000):
         super().__init__()
         from transformers import ClapAudioModel
 
+        self.sample_rate = sample_rate
         self.pretrained = pretrained
         if os.path.isfile(pretrained):
             from bridgebench.encoders.laion_clap import load_laion_clap_audio
@@ -62,7 +64,11 @@ class ClapEncoder(AudioEncoder):
             self.model.load_state_dict(state, strict=True)
         else:
             self.model = ClapAudioModel.from_pretrained(pretrained)
-        self.mel = LogMel(sample_rate=self.sample_rate, n_mels=self.model.config.num_mel_bins)
+        # Scale the STFT with the rate so 10 s still give 1001 frames (LAION: 1024 / 480 at 48 kHz).
+        scale = sample_rate / 48_000
+        n_fft = 2 ** round(math.log2(1024 * scale))
+        self.mel = LogMel(sample_rate=sample_rate, n_fft=n_fft, hop=round(480 * scale),
+                          n_mels=self.model.config.num_mel_bins, fmax=min(14_000.0, sample_rate / 2))
         cfg = self.model.config
         self.output_dim = cfg.patch_embeds_hidden_size * 2 ** (len(cfg.depths) - 1)
         self.max_seconds = clip_seconds
@@ -87,4 +93,5 @@ class ClapEncoder(AudioEncoder):
 
     def identity(self) -> str:
         cfg = self.model.config.to_json_string(use_diff=False)
-        return f"clap:{self.pretrained}:{self.max_seconds}:{hashlib.sha1(cfg.encode()).hexdigest()[:12]}"
+        digest = hashlib.sha1(cfg.encode()).hexdigest()[:12]
+        return f"clap:{self.pretrained}:{self.max_seconds}:{self.sample_rate}:{digest}"

@@ -25,11 +25,12 @@ def _fit_test(preset, run_dir, *extra):
 def test_test_run_writes_metrics_and_predictions_and_results_aggregates(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     _fit_test("musilingo_stage2", a, "--model.evaluation.metric_modes=[standard, musilingo]",
-              "--model.evaluation.classify_label=level", "--model.evaluation.classify_instruction=Is it loud or soft?")
+              "--model.evaluation.classify_label=dynamics",
+              "--model.evaluation.classify_instruction=Is it played soft, medium or loud?")
     _fit_test("blap_stage2", b)
     metrics = json.loads((a / "metrics.json").read_text())
     for key in ("test/loss", "test/bleu_4", "test/rouge_l", "test/cider_d", "test/musilingo/rouge_l_recall",
-                "test/classify_level_accuracy_sum", "test/classify_level_accuracy_mean"):
+                "test/classify_dynamics_accuracy_sum", "test/classify_dynamics_accuracy_mean"):
         assert isinstance(metrics[key], float), key
     assert metrics["test/spice"].startswith("unavailable: ")
     assert metrics["run"]["bridge"] == "linear_pool"
