@@ -48,8 +48,9 @@ demo: install ## The main job: a tiny BLAP-style run on the built-in tone set (C
 sweep: install ## Run a sweep: make sweep NAME=loss_ablation [TINY=1] [SEEDS="0 1"]
 	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),)
 
-bench: install ## CPU benchmarks (writes bench/results/)
+bench: install ## CPU benchmarks (writes bench/results/): cached vs on-the-fly features, memory soak
 	$(PY) bench/feature_cache.py
+	$(PY) bench/soak.py
 
 clean: ## Remove run folders (keeps .venv and the cache)
 	rm -rf $(RUNS)

@@ -14,6 +14,7 @@ import sys
 from typing import Optional
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bridgebench.config import ConfigError, validate_model_section
 from bridgebench.datamodules import AudioTextDataModule, ManifestError
@@ -41,7 +42,14 @@ class BridgeCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         # Checked right after parsing: before seeding, data or any model is touched.
-        validate_model_section(config.model.as_dict())
+        model = config.model.as_dict()
+        validate_model_section(model)
+        data = config.data.as_dict() if config.get("data") else {}
+        bridge = (model.get("bridge") or {}).get("name")
+        instructions = data.get("instructions") or ["Generate an objective music description."]
+        if bridge == "bridgenet" and data.get("task", "caption") == "caption" and not any(i.strip() for i in instructions):
+            raise ConfigError("data.instructions: the bridgenet bridge reads the instruction, but every instruction "
+                              "is empty; give instruction templates, use task: qa, or use the qformer bridge")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -88,6 +96,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             return importlib.import_module(COMMANDS[words[0]]).main(words[1:])
         run(argv)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException:
+        # Lightning stops cleanly on SIGTERM (preemption) with a SystemExit of code 0, which would
+        # look like a finished run to a scheduler or a script.
+        print("error: stopped by SIGTERM; rerun the same command with --ckpt_path=last to continue", file=sys.stderr)
+        return 143
     except (ConfigError, ManifestError, AudioError, FeatureCacheMiss) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,8 +23,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-# Frozen encoder/LLM are in eval mode on purpose; Lightning's generic hint about it is noise here.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 from bridgebench.bridges.objectives import Stage1Heads
 from bridgebench.config import (
@@ -41,6 +39,9 @@ from bridgebench.config import (
 )
 from bridgebench.registry import build_bridge, build_encoder, build_llm
 from bridgebench.retrieval import recall_at_k, rerank, zero_shot_accuracy
+
+# Frozen encoder/LLM are in eval mode on purpose; Lightning's generic hint about it is noise here.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 @dataclass

@@ -14,7 +14,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import re
 import statistics
 import subprocess

@@ -204,7 +204,7 @@ def _build_data2vec(out: Path) -> None:
 
 
 def _build_bert(out: Path) -> None:
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig
 
     tok = _bert_tokenizer(out)
     from transformers import BertForMaskedLM

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from bridgebench.datamodules.audio import AudioError, load_audio
 from bridgebench.datamodules.features import FeatureStore, example_key
 from bridgebench.datamodules.fixtures import BUILTINS
-from bridgebench.datamodules.manifest import Clip, ManifestError, read_manifest
+from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, ManifestError, read_manifest
 
 TASKS = ("caption", "qa")
 FEATURE_MODES = ("audio", "cached")
@@ -285,7 +285,15 @@ class AudioTextDataModule(L.LightningDataModule):
                 raise RuntimeError("AudioTextDataModule needs connect(module.data_contract()) before use")
             self.connect(self.trainer.lightning_module.data_contract())
         if self._clips is None:
-            self._clips = read_manifest(self.manifest_path())
+            counts: dict = {}
+            path = self.manifest_path()
+            self._clips = read_manifest(path, counts)
+            if counts.get("truncated"):
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn(f"{path}: truncated {counts['truncated']} text(s) longer than "
+                               f"{MAX_TEXT_CHARS} characters")
+            self.text_counts = counts
 
     def dataset(self, role: str) -> AudioTextDataset:
         self.setup()

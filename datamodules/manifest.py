@@ -35,7 +35,23 @@ class Clip:
     labels: dict = field(default_factory=dict)
 
 
-def read_manifest(path: str) -> list[Clip]:
+MAX_TEXT_CHARS = 2000  # longer captions/answers are cut (and counted): no tokenizer keeps more
+
+
+def _text(value, path: str, n: int, what: str, counts: dict) -> str:
+    if not isinstance(value, str):
+        raise ManifestError(f"{path}:{n}: {what} is {type(value).__name__}, not text")
+    if not value.strip():
+        raise ManifestError(f"{path}:{n}: {what} is empty; remove it or fill it in")
+    if len(value) > MAX_TEXT_CHARS:
+        counts["truncated"] = counts.get("truncated", 0) + 1
+        return value[:MAX_TEXT_CHARS]
+    return value
+
+
+def read_manifest(path: str, counts: Optional[dict] = None) -> list[Clip]:
+    """Clips of a manifest. ``counts`` (if given) receives ``truncated``: texts cut to MAX_TEXT_CHARS."""
+    counts = {} if counts is None else counts
     root = os.path.dirname(os.path.abspath(path))
     clips = []
     try:
@@ -59,11 +75,18 @@ def read_manifest(path: str) -> list[Clip]:
             captions = row.get("captions", [row["caption"]] if "caption" in row else [])
             if isinstance(captions, str):
                 captions = [captions]
+            captions = [_text(c, path, n, f"caption {k + 1}", counts) for k, c in enumerate(captions)]
+            qa = []
+            for k, pair in enumerate(row.get("qa", [])):
+                if not isinstance(pair, dict) or "instruction" not in pair or "answer" not in pair:
+                    raise ManifestError(f"{path}:{n}: qa pair {k + 1} needs 'instruction' and 'answer'")
+                qa.append({"instruction": _text(pair["instruction"], path, n, f"qa {k + 1} instruction", counts),
+                           "answer": _text(pair["answer"], path, n, f"qa {k + 1} answer", counts)})
             audio = row["audio"] if os.path.isabs(row["audio"]) else os.path.join(root, row["audio"])
             clips.append(Clip(
                 id=str(row.get("id", f"{os.path.basename(path)}:{n}")), audio=audio, split=row.get("split", "train"),
                 start=float(row.get("start", 0.0)), end=row.get("end"), captions=list(captions),
-                qa=list(row.get("qa", [])), tags=list(row.get("tags", [])), labels=dict(row.get("labels", {})),
+                qa=qa, tags=list(row.get("tags", [])), labels=dict(row.get("labels", {})),
             ))
     return clips
 

@@ -44,7 +44,8 @@ def test_preset_parses_and_names_known_components(name, capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     # Names, options and hub ids are valid; stage-1 paths are run outputs, checked when they are used.
     validate_model_section(cfg["model"], check_stage1=False)
-    assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["trainer"]["strategy"] == "ddp"
+    if not name.startswith("demo_"):  # paper presets target GPU clusters; the demo runs on 2 CPU cores
+        assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["trainer"]["strategy"] == "ddp"
 
 
 @pytest.mark.parametrize("name", PRESETS)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -21,12 +22,13 @@ def _fit(run_dir, overlay, *extra):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
-def _overlay(path, kill_at=None):
+def _overlay(path, kill_at=None, signal_name="SIGKILL"):
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                   "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1,
                                 "enable_version_counter": False}}]
     if kill_at is not None:
-        callbacks.insert(0, {"class_path": "kill_callback.KillAtStep", "init_args": {"step": kill_at}})
+        callbacks.insert(0, {"class_path": "kill_callback.KillAtStep",
+                             "init_args": {"step": kill_at, "signal_name": signal_name}})
     path.write_text(yaml.safe_dump({"trainer": {"max_steps": 20, "callbacks": callbacks, "limit_val_batches": 0,
                                                 "num_sanity_val_steps": 0, "enable_progress_bar": False}}))
     return path
@@ -37,13 +39,16 @@ def _last_losses(run_dir):
     return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, signal_name):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = _fit(straight, _overlay(tmp_path / "plain.yaml"))
     assert done.returncode == 0, done.stderr[-2000:]
-    died = _fit(killed, _overlay(tmp_path / "kill.yaml", kill_at=7))
-    assert died.returncode == -9  # SIGKILL, mid-epoch (an epoch of the tiny set is 13 steps)
-    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    died = _fit(killed, _overlay(tmp_path / "kill.yaml", kill_at=7, signal_name=signal_name))
+    assert died.returncode == (-9 if signal_name == "SIGKILL" else 143)  # mid-epoch (an epoch is 13 steps)
+    if signal_name == "SIGTERM":
+        assert "stopped by SIGTERM" in died.stderr and "--ckpt_path=last" in died.stderr
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] <= 7
     resumed = _fit(killed, _overlay(tmp_path / "plain.yaml"), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)

@@ -210,3 +210,23 @@ def test_lora_mode_trains_adapters_only():
     m.losses(tiny_batch(m))["loss"].backward()
     assert all(p.grad is not None for n, p in m.llm.named_parameters() if p.requires_grad)
     assert all(p.grad is None for n, p in m.llm.named_parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("llm", ["seq2seq", "causal"])
+def test_batched_candidate_scoring_equals_a_loop_over_candidates(llm):
+    """Vocabulary ranking: the batched NLL of every candidate equals scoring each one alone."""
+    m = tiny_module(llm=llm, bridge="qformer")
+    m.eval()
+    batch = tiny_batch(m, batch_size=2, train=False)
+    candidates = ["piano", "electric guitar", "slow tempo", "a"]
+    with torch.no_grad():
+        soft, soft_mask = m.soft_prompt(batch)
+        nll, counts = m.llm.candidate_nll(soft, soft_mask, batch["text"], candidates, chunk=3)
+        for j, cand in enumerate(candidates):
+            text = m.data_contract().text(batch["instruction"], [cand] * 2)
+            n_tokens = int(text["target_mask"][0].sum())
+            mean_loss = [m.llm.loss(soft[i:i + 1], soft_mask[i:i + 1], {k: v[i:i + 1] for k, v in text.items()})
+                         for i in range(2)]
+            for i in range(2):
+                assert int(counts[i, j]) == n_tokens
+                torch.testing.assert_close(nll[i, j], mean_loss[i] * n_tokens, rtol=1e-4, atol=1e-4)
