@@ -37,7 +37,7 @@ from bridgebench.config import (
     Stage1Spec,
     validate_config,
 )
-from bridgebench.registry import build_bridge, build_encoder, build_llm
+from bridgebench.registry import build_bridge, build_encoder, build_llm, llm_width
 from bridgebench.retrieval import recall_at_k, rerank, zero_shot_accuracy
 
 # Frozen encoder/LLM are in eval mode on purpose; Lightning's generic hint about it is noise here.
@@ -162,9 +162,11 @@ class BridgeModule(L.LightningModule):
             for name in self.encoder.trainable_when_frozen():
                 getattr(self.encoder, name).requires_grad_(True)
             self.encoder.model.to(self.frozen_dtype)
-        self.llm = build_llm(llm, self.frozen_dtype if llm.mode != "full" else None) if llm.name != "none" else None
-        self.bridge = build_bridge(bridge, self.encoder.output_dim, self.llm.hidden_size if self.llm else None,
-                                   with_text=bool(stage1_objectives))
+        # The bridge is built, and a stage-1 checkpoint checked against it, before the LLM's
+        # weights are loaded (the LLM's width comes from its config), so a mismatch costs seconds.
+        width = llm_width(llm) if llm.name != "none" else None
+        self.llm = None
+        self.bridge = build_bridge(bridge, self.encoder.output_dim, width, with_text=bool(stage1_objectives))
         self.stage1 = (Stage1Heads(self.bridge, tuple(stage1_objectives), **asdict(stage1))
                        if stage1_objectives else None)
         # Trainable-only checkpoints: frozen weights are rebuilt from the config, so resuming and
@@ -174,6 +176,10 @@ class BridgeModule(L.LightningModule):
             # By default the bridge must be there; the encoder only if stage 1 trained it.
             self.load_stage1(stage1_checkpoint, tuple(stage1_parts or ("bridge", "encoder")),
                              required=tuple(stage1_parts or ("bridge",)))
+        if llm.name != "none":
+            self.llm = build_llm(llm, self.frozen_dtype if llm.mode != "full" else None)
+            if self.llm.hidden_size != width:
+                raise ConfigError(f"model.llm: config width {width} != embedding width {self.llm.hidden_size}")
         self._predictions: list[dict] = []
         self._retrieval: list[dict] = []
         self._ranked: list[dict] = []

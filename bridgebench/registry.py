@@ -6,6 +6,7 @@ options dataclass in ``config.py`` and the class itself (README, "How to add a b
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from typing import Optional
 
@@ -48,10 +49,27 @@ def build_bridge(spec: BridgeSpec, in_dim: int, out_dim: Optional[int], with_tex
     return BRIDGES[spec.name](in_dim, out_dim, **kwargs)
 
 
-def build_llm(spec: LLMSpec, dtype: Optional[torch.dtype]) -> LanguageModel:
+def _llm_kwargs(spec: LLMSpec) -> tuple[type, dict]:
     cls, family = LLMS[spec.name]
     kwargs = asdict(getattr(spec, spec.name))
     kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"], f"model.llm.{spec.name}.pretrained", family)
     if spec.name == "causal" and getattr(spec, spec.name).pretrained == "tiny":
         kwargs["gguf_file"] = None  # the tiny stand-in is a plain folder
+    return cls, kwargs
+
+
+def llm_width(spec: LLMSpec) -> int:
+    """The LLM's embedding width, read from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    _, kwargs = _llm_kwargs(spec)
+    path, gguf = kwargs["pretrained"], kwargs.get("gguf_file")
+    if gguf and os.path.isabs(gguf):
+        path, gguf = os.path.split(gguf)
+    config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+    return int(config.get_text_config().hidden_size)
+
+
+def build_llm(spec: LLMSpec, dtype: Optional[torch.dtype]) -> LanguageModel:
+    cls, kwargs = _llm_kwargs(spec)
     return cls(mode=spec.mode, dtype=dtype, lora=spec.lora, **kwargs)
