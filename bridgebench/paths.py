@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 from bridgebench.config import ConfigError
 
@@ -53,3 +56,28 @@ def resolve_pretrained(value: str, key: str, family: str | None = None, build: b
     if value.startswith("pkg:"):
         return resolve_package_path(value, key)
     return os.path.expanduser(value)
+
+
+def build_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """Make cache folder ``target`` once: ``build(tmp)`` fills a temporary folder beside it, which is
+    renamed into place under a file lock, so parallel test workers and DDP ranks never see half a
+    folder and a failed build leaves nothing. ``marker`` is the file (inside ``target``) whose
+    presence means the folder is complete; ``build`` must write it last."""
+    from filelock import FileLock
+
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / marker).exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target

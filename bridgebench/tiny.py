@@ -10,15 +10,11 @@ test workers and DDP ranks never see half-written files.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
-from bridgebench.paths import cache_dir
+from bridgebench.paths import build_once, cache_dir
 
 # Bump when a builder changes, so stale tiny folders are never reused.
 TINY_VERSION = 3
@@ -55,30 +51,17 @@ def tiny_checkpoint(family: str) -> Path:
     """Folder of the tiny ``family`` checkpoint, building it on first use."""
     if family not in FAMILIES:
         raise ValueError(f"no tiny stand-in for family '{family}'; known: {', '.join(FAMILIES)}")
-    root = cache_dir() / "tiny"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"{family}-v{TINY_VERSION}"
-    if (target / ".complete").exists():
-        return target
-    with FileLock(str(root / f"{family}.lock")):
-        if (target / ".complete").exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=root))
-        try:
-            # Seeded, but on a forked generator: building on first use must not change the
-            # caller's random stream (a run that builds its tiny models would otherwise differ
-            # from the same run with them cached).
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                _BUILDERS[family](tmp)
-            (tmp / ".complete").write_text("ok\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(tmp: Path) -> None:
+        # Seeded, but on a forked generator: building on first use must not change the caller's
+        # random stream (a run that builds its tiny models would otherwise differ from the same
+        # run with them cached).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            _BUILDERS[family](tmp)
+        (tmp / ".complete").write_text("ok\n")
+
+    return build_once(cache_dir() / "tiny" / f"{family}-v{TINY_VERSION}", ".complete", build)
 
 
 # === Tokenizers ===

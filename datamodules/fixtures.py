@@ -8,17 +8,13 @@ that learns has something real to learn. Deterministic; generated on first use i
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from filelock import FileLock
 
 from bridgebench.datamodules.manifest import write_manifest
-from bridgebench.paths import cache_dir
+from bridgebench.paths import build_once, cache_dir
 
 VERSION = 1
 SAMPLE_RATE = 16_000
@@ -38,16 +34,7 @@ def _render(pitch: float, wave: str, level: float, seconds: float, phase: float)
 
 def tones_manifest(clips_per_cell: int = 6, seconds: float = 2.0) -> Path:
     """Manifest of the tone set (8 attribute cells x ``clips_per_cell``), generated if missing."""
-    root = cache_dir() / "data"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"tones-v{VERSION}-{clips_per_cell}x{seconds:g}s"
-    manifest = target / "manifest.jsonl"
-    if manifest.exists():
-        return manifest
-    with FileLock(str(root / "tones.lock")):
-        if manifest.exists():
-            return manifest
-        tmp = Path(tempfile.mkdtemp(prefix=".tones-", dir=root))
+    def build(tmp: Path) -> None:
         rng = np.random.default_rng(0)
         rows = []
         cells = list(itertools.product(PITCHES, WAVES, LEVELS))
@@ -68,10 +55,9 @@ def tones_manifest(clips_per_cell: int = 6, seconds: float = 2.0) -> Path:
                     "tags": [pitch, wave, level], "labels": attrs,
                 })
         write_manifest(str(tmp / "manifest.jsonl"), rows)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    return manifest
+
+    target = cache_dir() / "data" / f"tones-v{VERSION}-{clips_per_cell}x{seconds:g}s"
+    return build_once(target, "manifest.jsonl", build) / "manifest.jsonl"
 
 
 def _music_synth():

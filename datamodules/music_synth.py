@@ -41,8 +41,6 @@ import logging
 import multiprocessing as mp
 import os
 import re
-import shutil
-import tempfile
 import time
 import wave
 from concurrent.futures import ProcessPoolExecutor
@@ -50,10 +48,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 
 from bridgebench.datamodules.manifest import write_manifest
-from bridgebench.paths import cache_dir
+from bridgebench.paths import build_once, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -607,42 +604,29 @@ def music_synth_manifest(num_clips: int = 2000, seconds: float = 10.0, sample_ra
         raise RuntimeError(f"music_synth_manifest() was called while a new process imported the main module: "
                            f"{MAIN_GUARD_HINT}")
     _require()
-    root = cache_dir() / "data"
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"music-synth-v{VERSION}-n{num_clips}-{seconds:g}s-{sample_rate}hz-seed{seed}"
-    manifest = target / "manifest.jsonl"
-    if manifest.exists():
-        return manifest
-    with FileLock(str(root / "music-synth.lock")):
-        if manifest.exists():
-            return manifest
-        tmp = Path(tempfile.mkdtemp(prefix=".music-synth-", dir=root))
-        try:
-            (tmp / "audio").mkdir()
-            jobs = [(seed, i, seconds, sample_rate, str(tmp)) for i in range(num_clips)]
-            if not workers:
-                workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            if mp.current_process().daemon:
-                workers = 1  # a daemonic process (e.g. a DataLoader worker) cannot start children
-            workers = max(1, min(workers, num_clips))
-            began = time.perf_counter()
-            if workers == 1:
-                rows = [_render_clip(j) for j in jobs]
-            else:
-                chunk = max(1, min(16, num_clips // (4 * workers)))
-                try:
-                    with _executor(workers) as pool:
-                        rows = list(pool.map(_render_clip, jobs, chunksize=chunk))
-                except BrokenProcessPool as err:
-                    raise RuntimeError(f"a music-synth worker process died ({err}); if this ran from a script, "
-                                       f"{MAIN_GUARD_HINT}") from err
-            log.info("music-synth: rendered %d clips in %.1f s with %d workers", num_clips,
-                     time.perf_counter() - began, workers)
-            write_manifest(str(tmp / "manifest.jsonl"), rows)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    def build(tmp: Path) -> None:
+        nonlocal workers
+        (tmp / "audio").mkdir()
+        jobs = [(seed, i, seconds, sample_rate, str(tmp)) for i in range(num_clips)]
+        if not workers:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if mp.current_process().daemon:
+            workers = 1  # a daemonic process (e.g. a DataLoader worker) cannot start children
+        workers = max(1, min(workers, num_clips))
+        began = time.perf_counter()
+        if workers == 1:
+            rows = [_render_clip(j) for j in jobs]
+        else:
+            chunk = max(1, min(16, num_clips // (4 * workers)))
+            try:
+                with _executor(workers) as pool:
+                    rows = list(pool.map(_render_clip, jobs, chunksize=chunk))
+            except BrokenProcessPool as err:
+                raise RuntimeError(f"a music-synth worker process died ({err}); if this ran from a script, "
+                                   f"{MAIN_GUARD_HINT}") from err
+        log.info("music-synth: rendered %d clips in %.1f s with %d workers", num_clips,
+                 time.perf_counter() - began, workers)
+        write_manifest(str(tmp / "manifest.jsonl"), rows)
+
+    target = cache_dir() / "data" / f"music-synth-v{VERSION}-n{num_clips}-{seconds:g}s-{sample_rate}hz-seed{seed}"
+    return build_once(target, "manifest.jsonl", build) / "manifest.jsonl"
