@@ -22,7 +22,6 @@ Only the enabled objectives' heads are built, so DDP never sees unused parameter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -30,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from bridgebench.bridges.qformer import QFormerBridge, QFormerLMHead
+from bridgebench.bridges.qformer import BertTokens, QFormerBridge, QFormerLMHead
 
 STAGE1_OBJECTIVES = ("atc", "atm", "atg")
 
@@ -106,20 +105,6 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-@dataclass
-class Stage1Text:
-    """BERT tokens of the captions for the stage-1 text branch (runs in data-loader workers)."""
-
-    tokenizer: object
-    max_tokens: int
-
-    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        tok = self.tokenizer
-        tok.truncation_side = "right"
-        enc = tok(captions, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        return {"s1_ids": enc.input_ids, "s1_mask": enc.attention_mask.bool()}
-
-
 class Stage1Heads(nn.Module):
     """Heads and losses of the enabled stage-1 objectives on top of a Q-Former bridge."""
 
@@ -129,7 +114,7 @@ class Stage1Heads(nn.Module):
         super().__init__()
         self.objectives = tuple(o for o in STAGE1_OBJECTIVES if o in objectives)
         self.label_smoothing = label_smoothing
-        self.text_processor = Stage1Text(bridge.tokenizer, max_text_tokens)
+        self.text_processor = BertTokens(bridge.tokenizer, max_text_tokens, "right", "s1")
         self.dec_id = bridge.tokenizer.bos_token_id
         width = bridge.hidden_size
         if "atc" in self.objectives or "atm" in self.objectives:

@@ -245,18 +245,21 @@ def load_bert(reference: str, key: str):
 
 
 @dataclass
-class InstructionTokens:
-    """BERT tokens of the instructions for the Bridge-Net (runs in data-loader workers).
-    Left truncation keeps the end of long instructions, as InstructBLIP does."""
+class BertTokens:
+    """BERT tokens of a batch of texts for the Q-Former (runs in data-loader workers), returned as
+    ``{prefix}_ids`` and ``{prefix}_mask``. The Bridge-Net's instructions truncate on the left (the
+    end holds the question, as in InstructBLIP); stage-1 captions truncate on the right."""
 
     tokenizer: object
     max_tokens: int
+    truncation_side: str
+    prefix: str
 
-    def __call__(self, instructions: list[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
-        tok.truncation_side = "left"
-        enc = tok(instructions, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt")
-        return {"bridge_ids": enc.input_ids, "bridge_mask": enc.attention_mask.bool()}
+        tok.truncation_side = self.truncation_side
+        enc = tok(texts, padding="longest", truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        return {f"{self.prefix}_ids": enc.input_ids, f"{self.prefix}_mask": enc.attention_mask.bool()}
 
 
 class QFormerBridge(Bridge):
@@ -319,7 +322,7 @@ class BridgeNetBridge(QFormerBridge):
                  gradient_checkpointing: bool = False, with_text: bool = True):
         super().__init__(in_dim, out_dim, bert, num_queries, cross_attention_freq, num_layers, max_text_tokens,
                          gradient_checkpointing, with_text=True)
-        self.text_processor = InstructionTokens(self.tokenizer, max_text_tokens)
+        self.text_processor = BertTokens(self.tokenizer, max_text_tokens, "left", "bridge")
 
     def _text_inputs(self, text) -> dict:
         if text is None or "bridge_ids" not in text:
