@@ -247,6 +247,9 @@ class OptimSpec:
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "cosine"
     """cosine (warmup then cosine to min_lr) or constant (warmup then lr)."""
+    encoder_lr_scale: float = 1.0
+    """Learning-rate multiplier for a trainable encoder's weights (the schedule scales with it): an
+    encoder trained from scratch next to a pretrained bridge wants a larger step than the bridge."""
 
 
 @dataclass

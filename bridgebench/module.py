@@ -568,14 +568,20 @@ class BridgeModule(L.LightningModule):
     # === Optimisation ===
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
         o = self.optim
-        groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = all(p.is_cuda for p in decay + no_decay)
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), fused=fused or None)
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                key = (name.startswith("encoder."), p.ndim >= 2)
+                groups.setdefault(key, []).append(p)
+        params = [p for ps in groups.values() for p in ps]
+        param_groups = [
+            {"params": ps, "weight_decay": o.weight_decay if decayed else 0.0,
+             "lr": o.lr * (o.encoder_lr_scale if is_encoder else 1.0)}
+            for (is_encoder, decayed), ps in sorted(groups.items())
+        ]
+        fused = all(p.is_cuda for p in params)
+        opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), fused=fused or None)
         total = self.trainer.estimated_stepping_batches if self.trainer else float("inf")
 
         def factor(step: int) -> float:

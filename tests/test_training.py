@@ -7,9 +7,9 @@ import copy
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_batch, tiny_module
+from conftest import tiny_batch, tiny_module, tiny_specs
 
-from bridgebench.config import ConfigError
+from bridgebench.config import ConfigError, OptimSpec
 
 
 @pytest.mark.parametrize("llm", ["seq2seq", "causal"])
@@ -230,3 +230,30 @@ def test_batched_candidate_scoring_equals_a_loop_over_candidates(llm):
             for i in range(2):
                 assert int(counts[i, j]) == n_tokens
                 torch.testing.assert_close(nll[i, j], mean_loss[i] * n_tokens, rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_lr_scale_gives_a_trainable_encoder_its_own_rate_through_the_schedule():
+    from bridgebench.module import BridgeModule
+
+    optim = OptimSpec(lr=1e-4, min_lr=1e-5, warmup_steps=4, warmup_lr=1e-6, encoder_lr_scale=10.0)
+    for trainable in (False, True):
+        specs = tiny_specs(encoder="mert", bridge="linear_pool", llm="causal")
+        specs["encoder"].trainable = trainable
+        module = BridgeModule(**specs, optimizer=optim)
+        module.trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        conf = module.configure_optimizers()
+        opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+        encoder_ids = {id(p) for p in module.encoder.parameters()}
+        for _ in range(4):  # to the end of warmup: every group at its peak rate
+            opt.step()
+            sched.step()
+        rates = {}
+        for g in opt.param_groups:
+            in_encoder = {id(p) in encoder_ids for p in g["params"]}
+            assert len(in_encoder) == 1  # no group mixes encoder and other weights
+            rates["encoder" if in_encoder.pop() else "rest"] = g["lr"]
+        assert rates["rest"] == pytest.approx(1e-4)
+        if trainable:
+            assert rates["encoder"] == pytest.approx(1e-3)
+        else:
+            assert "encoder" not in rates
