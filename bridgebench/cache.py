@@ -49,6 +49,7 @@ def fill_cache(module, datamodule, trainer, roles=("train", "val", "test")) -> d
     if module.encoder_cache_key() is None:
         raise ConfigError("cache: the encoder trains (model.encoder.trainable or layers: weighted); "
                           "only a frozen encoder's features can be cached")
+    saved = datamodule.features, datamodule.train_crop
     datamodule.features, datamodule.train_crop = "audio", "start"
     datamodule.connect(module.data_contract())
     datamodule.setup()
@@ -76,6 +77,7 @@ def fill_cache(module, datamodule, trainer, roles=("train", "val", "test")) -> d
                                     num_workers=datamodule.num_workers, collate_fn=Collate(datamodule.contract.text))
                 trainer.predict(module, dataloaders=loader, return_predictions=False)
     finally:
+        datamodule.features, datamodule.train_crop = saved
         module.feature_mode = False
         trainer.limit_predict_batches = limit
         trainer.callbacks.remove(writer)

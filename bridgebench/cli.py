@@ -66,6 +66,32 @@ class BridgeCLI(LightningCLI):
             config.trainer.plugins = [Namespace(class_path="bridgebench.checkpointing.AtomicCheckpointIO")]
 
 
+    def _fill_feature_cache(self) -> None:
+        """``data.features: auto``: encode the clips missing from the cache, then serve the cache."""
+        if getattr(self.datamodule, "features", None) != "auto":
+            return
+        import torch
+
+        from bridgebench.cache import fill_cache
+
+        # The cache pass must not move the run's random streams (its loader draws a worker seed).
+        state = torch.get_rng_state()
+        fill_cache(self.model, self.datamodule, self.trainer)
+        torch.set_rng_state(state)
+
+    def before_fit(self) -> None:
+        self._fill_feature_cache()
+
+    def before_validate(self) -> None:
+        self._fill_feature_cache()
+
+    def before_test(self) -> None:
+        self._fill_feature_cache()
+
+    def before_predict(self) -> None:
+        self._fill_feature_cache()
+
+
 # Commands beside Lightning's fit/validate/test/predict: name -> module with main(argv).
 COMMANDS = {
     "cache": "bridgebench.cache",  # fill the frozen-feature cache of a config
@@ -73,6 +99,7 @@ COMMANDS = {
     "data": "bridgebench.data_cli",  # convert published metadata; render the music-synth set
     "caption": "bridgebench.caption",  # caption / answer questions about audio files with a trained run
     "sweep": "bridgebench.sweep",  # run a sweep file's cells x seeds, then tabulate and plot
+    "report": "bridgebench.report",  # print held-out clips with their generated captions, and the metrics
 }
 
 

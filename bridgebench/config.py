@@ -336,6 +336,7 @@ def validate_model_section(model: dict, check_stage1: bool = True) -> None:
         model.get("stage1_checkpoint") if check_stage1 else None,
         model.get("frozen_dtype", "auto"),
         spec_from_dict(Stage1Spec, model.get("stage1") or {}),
+        model.get("encoder_checkpoint") if check_stage1 else None,
     )
 
 
@@ -347,8 +348,14 @@ def validate_config(
     stage1_checkpoint: Optional[str] = None,
     frozen_dtype: str = "auto",
     stage1: Optional[Stage1Spec] = None,
+    encoder_checkpoint: Optional[str] = None,
 ) -> None:
     """Check component names, options and paths. Raises one ConfigError line per problem found first."""
+    if encoder_checkpoint is not None and not os.path.isfile(os.path.expanduser(encoder_checkpoint)):
+        raise ConfigError(
+            f"model.encoder_checkpoint: '{encoder_checkpoint}' does not exist; run the stage-1 preset that "
+            "trains the encoder first (e.g. make exp NAME=demo_stage1) or fix the path"
+        )
     if stage1 is not None:
         _check_name("model.stage1.projection", stage1.projection, ("linear", "mlp"))
     _check_name("model.encoder.name", encoder.name, ENCODER_KINDS)

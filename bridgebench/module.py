@@ -117,8 +117,11 @@ class BridgeModule(L.LightningModule):
         generation: Decoding for validate/test/predict.
         stage1_checkpoint: A stage-1 run's checkpoint whose bridge (and trained encoder) weights
             initialise this run.
-        stage1_parts: Which parts to take from it: ``bridge``, ``encoder`` (default: both; a
-            linear_pool run takes only the stage-1-trained encoder).
+        stage1_parts: Which parts to take from it: ``bridge``, ``encoder`` (default: both, or only
+            the bridge when ``encoder_checkpoint`` is set).
+        encoder_checkpoint: A run's checkpoint whose trained encoder initialises this encoder (its
+            bridge is ignored): one encoder trained in stage 1 shared by other bridges, e.g. the
+            demo's Bridge-Net and linear_pool runs reuse the encoder that demo_stage1 trained.
         frozen_dtype: Storage dtype of frozen modules: auto (bf16 on GPUs that support it, else
             float32), float32, bfloat16 or float16.
     """
@@ -136,16 +139,17 @@ class BridgeModule(L.LightningModule):
         stage1_checkpoint: Optional[str] = None,
         stage1_parts: Optional[list[str]] = None,
         frozen_dtype: str = "auto",
+        encoder_checkpoint: Optional[str] = None,
     ):
         super().__init__()
         objectives = dict(objectives or {"lm": 1.0})
-        validate_config(encoder, bridge, llm, objectives, stage1_checkpoint, frozen_dtype, stage1)
+        validate_config(encoder, bridge, llm, objectives, stage1_checkpoint, frozen_dtype, stage1, encoder_checkpoint)
         # Plain dicts, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
             "encoder": asdict(encoder), "bridge": asdict(bridge), "llm": asdict(llm), "objectives": objectives,
             "optimizer": asdict(optimizer), "generation": asdict(generation), "stage1": asdict(stage1),
             "evaluation": asdict(evaluation), "stage1_checkpoint": stage1_checkpoint,
-            "stage1_parts": stage1_parts, "frozen_dtype": frozen_dtype,
+            "stage1_parts": stage1_parts, "frozen_dtype": frozen_dtype, "encoder_checkpoint": encoder_checkpoint,
         })
         self.specs = {"encoder": encoder, "bridge": bridge, "llm": llm}
         self.objectives = objectives
@@ -172,9 +176,12 @@ class BridgeModule(L.LightningModule):
         # Trainable-only checkpoints: frozen weights are rebuilt from the config, so resuming and
         # testing load with strict=False; on_load_checkpoint checks nothing trainable is missing.
         self.strict_loading = False
+        if encoder_checkpoint is not None:
+            self.load_stage1(encoder_checkpoint, ("encoder",), required=("encoder",), option="model.encoder_checkpoint")
         if stage1_checkpoint is not None:
             # By default the bridge must be there; the encoder only if stage 1 trained it.
-            self.load_stage1(stage1_checkpoint, tuple(stage1_parts or ("bridge", "encoder")),
+            default_parts = ("bridge",) if encoder_checkpoint is not None else ("bridge", "encoder")
+            self.load_stage1(stage1_checkpoint, tuple(stage1_parts or default_parts),
                              required=tuple(stage1_parts or ("bridge",)))
         if llm.name != "none":
             self.llm = build_llm(llm, self.frozen_dtype if llm.mode != "full" else None)
@@ -638,12 +645,12 @@ class BridgeModule(L.LightningModule):
         self._rng_to_restore = None
 
     def load_stage1(self, path: str, parts: tuple[str, ...] = ("bridge", "encoder"),
-                    required: tuple[str, ...] = ("bridge",)) -> None:
+                    required: tuple[str, ...] = ("bridge",), option: str = "model.stage1_checkpoint") -> None:
         """Initialise the bridge and/or a stage-1-trained encoder from a stage-1 checkpoint."""
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line report
-            raise ConfigError(f"model.stage1_checkpoint: cannot read '{path}': {type(err).__name__}: {err}") from None
+            raise ConfigError(f"{option}: cannot read '{path}': {type(err).__name__}: {err}") from None
         state = ckpt.get("state_dict", ckpt)
         own = self.state_dict()
         ignored = self.bridge.stage1_only_keys()
@@ -655,23 +662,23 @@ class BridgeModule(L.LightningModule):
             if key not in own:
                 if key.startswith("bridge.") and not any(f in key for f in ignored):
                     raise ConfigError(
-                        f"model.stage1_checkpoint: '{path}' has bridge weight '{key}' that this "
+                        f"{option}: '{path}' has bridge weight '{key}' that this "
                         f"'{self.specs['bridge'].name}' bridge lacks; the stage-1 run used another bridge shape"
                     )
                 skipped.append(key)
                 continue
             if own[key].shape != value.shape:
                 raise ConfigError(
-                    f"model.stage1_checkpoint: '{key}' has shape {tuple(value.shape)} in '{path}' but "
+                    f"{option}: '{key}' has shape {tuple(value.shape)} in '{path}' but "
                     f"{tuple(own[key].shape)} here; match the stage-1 bridge settings (queries, widths, window)"
                 )
             load[key] = value
         fresh = sorted(k for k in self.trainable_state_keys() if k.startswith("bridge.") and k not in load)
         for part in required:
             if not any(k.startswith(f"{part}.") for k in load):
-                raise ConfigError(f"model.stage1_checkpoint: '{path}' holds no {part} weights")
+                raise ConfigError(f"{option}: '{path}' holds no {part} weights")
         self.load_state_dict(load, strict=False)
         rank_zero_info(
-            f"stage-1 checkpoint {path}: loaded {len(load)} tensors, skipped {len(skipped)} stage-1-only, "
+            f"{option.removeprefix('model.')} {path}: loaded {len(load)} tensors, skipped {len(skipped)} stage-1-only, "
             f"new in stage 2: {', '.join(fresh) if fresh else 'none'}"
         )

@@ -30,7 +30,7 @@ from bridgebench.datamodules.fixtures import BUILTINS
 from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, ManifestError, read_manifest
 
 TASKS = ("caption", "qa")
-FEATURE_MODES = ("audio", "cached")
+FEATURE_MODES = ("audio", "cached", "auto")
 CROPS = ("random", "start")
 
 
@@ -213,8 +213,9 @@ class AudioTextDataModule(L.LightningDataModule):
             encoder's own window, if shorter, wins.
         splits: Manifest split names used for train, val, test and predict.
         limit: Use only the first N examples of each split (quick checks).
-        features: ``audio`` (decode and encode every step) or ``cached`` (serve the frozen
-            encoder's outputs written by ``python -m bridgebench cache``).
+        features: ``audio`` (decode and encode every step), ``cached`` (serve the frozen
+            encoder's outputs written by ``python -m bridgebench cache``; a missing clip is an
+            error) or ``auto`` (the CLI fills the cache for missing clips first, then serves it).
         train_crop: ``random`` crops of long clips in training, or ``start`` (always from the
             clip's start; cached features imply it).
         skip_bad_audio: Leave undecodable clips out (counted, listed in the run folder) instead of
@@ -308,7 +309,7 @@ class AudioTextDataModule(L.LightningDataModule):
         return AudioTextDataset(examples, self.contract.sample_rate, min(windows) if windows else None,
                                 self.instructions, train=role == "train", random_crop=self.train_crop == "random",
                                 skip_bad_audio=self.skip_bad_audio, store=self.store(),
-                                serve_features=self.features == "cached", cache_hint=self.cache_hint,
+                                serve_features=self.features != "audio", cache_hint=self.cache_hint,
                                 seed=self.seed())
 
     @staticmethod
@@ -320,8 +321,8 @@ class AudioTextDataModule(L.LightningDataModule):
         """The feature store of the connected encoder, when its features can be cached."""
         key = self.contract.encoder_key
         if key is None:
-            if self.features == "cached":
-                raise ValueError("data.features: cached needs a frozen encoder with fixed layers "
+            if self.features != "audio":
+                raise ValueError(f"data.features: {self.features} needs a frozen encoder with fixed layers "
                                  "(model.encoder.trainable: false, layers not 'weighted')")
             return None
         return FeatureStore.for_encoder(key, os.path.join(self.feature_cache, key) if self.feature_cache else None)

@@ -140,3 +140,29 @@ def test_a_batch_of_only_bad_clips_computes_nothing(tmp_path):
     batch = {"id": [], "skipped": [{"id": "x", "audio_path": "x.wav", "reason": "x.wav: file does not exist"}]}
     assert module.training_step(batch, 0) is None
     assert module._skipped == batch["skipped"]
+
+
+def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
+    from bridgebench.cli import run
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["--config", os.path.join(root, "experiments", "blap_stage2.yaml"),
+            "--config", os.path.join(root, "experiments", "tiny.yaml"),
+            "--data.features=auto", f"--data.feature_cache={tmp_path / 'cache'}",
+            "--trainer.max_steps=2", "--trainer.limit_val_batches=0"]
+    losses = []
+    for attempt in range(2):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            cli = run(["fit", *args, f"--trainer.default_root_dir={tmp_path / f'run{attempt}'}"])
+        assert cli.trainer.state.finished and cli.trainer.global_step == 2
+        report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feature cache")]
+        assert len(report) == 1
+        if attempt == 0:  # every clip of the small set: 48 train + 8 val + 8 test
+            assert "wrote 64 clip(s)" in report[0], report
+        else:
+            assert "wrote 0 clip(s)" in report[0], report
+        assert cli.datamodule.features == "auto"
+        losses.append(float(cli.trainer.callback_metrics["train/loss"]))
+    # Filling the cache first does not move the run's random streams: both runs train alike.
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)

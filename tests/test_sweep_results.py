@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -85,3 +86,41 @@ def test_caption_command_on_wav_and_mp3_from_a_trained_run(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(files[0] + "\t")
     assert main(["caption", files[0], "--ckpt", str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_sweep_needs_are_fitted_once_in_their_presets_folders_and_cells_report_stage1(tmp_path):
+    # The demo comparison's Bridge-Net cell needs two stage-1 runs (the encoder's, then the
+    # Bridge-Net's); run from another folder, as a user would, with the tiny override.
+    cmd = [sys.executable, "-m", "bridgebench", "sweep", os.path.join(ROOT, "experiments", "sweeps", "demo_bridges.yaml"),
+           "--tiny", "--cells", "bridgenet", "--report", "2", "--", "--trainer.max_steps=2"]
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for need in ("demo_stage1-tiny", "demo_bridgenet_stage1-tiny"):
+        assert (tmp_path / "runs" / need / "fit.done").exists()
+        assert (tmp_path / "runs" / need / "metrics.json").exists()  # tested, for the stage-1 columns
+    run_dir = tmp_path / "runs" / "sweeps" / "demo_bridges-tiny" / "bridgenet" / "seed0"
+    assert json.loads((run_dir / "sweep_timing.json").read_text())["fit"] > 0
+    assert "generated: " in first.stdout and re.search(r"metrics \(\d+ held-out predictions\)", first.stdout)
+    table = (tmp_path / "results" / "demo_bridges-tiny.md").read_text()
+    header, _, row = table.splitlines()[2:5]
+    cols = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")], strict=True))
+    assert cols["cell"] == "bridgenet" and int(cols["trainable params"]) > 0
+    for key in ("test/attr_acc_instrument", "test/bleu_4", "test/classify_instrument_accuracy_mean",
+                "stage1:test/r1_t2a"):
+        assert cols[key] != "n/a", (key, table)
+    assert float(cols["fit min"]) > 0 and float(cols["needs fit min"]) > 0
+    second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0
+    assert second.stdout.count("fitted earlier") == 2 and "finished earlier, skipped" in second.stdout
+    assert "fitting in" not in second.stdout and "running in" not in second.stdout
+
+
+def test_report_command_shows_clips_labels_and_metrics(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    _fit_test("blap_stage2", run_dir, "--model.evaluation.attribute_vocabulary=music-synth")
+    capsys.readouterr()
+    assert main(["report", str(run_dir), "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("generated: ") == 3 and out.count("true: instrument=") == 3
+    assert "attr_acc_instrument" in out and "named: instrument " in out
+    assert main(["report", str(tmp_path / "missing")]) == 2
