@@ -51,8 +51,8 @@ demo: install ## The main job: stage 1 then the Q-Former -> frozen SmolLM2 demo 
 sweep: install ## Run a sweep: make sweep NAME=loss_ablation|demo_bridges [TINY=1] [SEEDS="0 1"] [ARGS=...]
 	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)
 
-bench: install ## CPU benchmarks (writes bench/results/): cached vs on-the-fly features, memory soak
-	$(PY) bench/feature_cache.py
+bench: install ## CPU benchmarks -> bench/results.{json,md} (cached features, framework overhead, generation, optimizer memory); memory soak
+	$(PY) bench/cpu.py
 	$(PY) bench/soak.py
 
 clean: ## Remove run folders (keeps .venv and the cache)

@@ -122,6 +122,14 @@ class BridgeModule(L.LightningModule):
         encoder_checkpoint: A run's checkpoint whose trained encoder initialises this encoder (its
             bridge is ignored): one encoder trained in stage 1 shared by other bridges, e.g. the
             demo's Bridge-Net and linear_pool runs reuse the encoder that demo_stage1 trained.
+        prompt_init: ``default`` (PyTorch's init of the bridge's output layer, as the papers) or
+            ``embedding_scale``: rescale that fresh layer so the soft prompt starts at the LLM's
+            word-embedding scale. A default Linear from a LayerNorm'd 384-wide Q-Former gives prompt
+            vectors of std ~0.6, 4x SmolLM2's embeddings (0.136); small frozen LLMs learn far slower
+            from prompts off their embedding scale.
+        compile: ``torch.compile`` the bridge's forward and the LLM's encoder/decoder stacks
+            (dynamic shapes). The module tree and checkpoint keys stay unchanged; the first steps
+            pay the compile time. A speed switch for GPUs (see ``bench/gpu.py``).
         frozen_dtype: Storage dtype of frozen modules: auto (bf16 on GPUs that support it, else
             float32), float32, bfloat16 or float16.
     """
@@ -140,6 +148,8 @@ class BridgeModule(L.LightningModule):
         stage1_parts: Optional[list[str]] = None,
         frozen_dtype: str = "auto",
         encoder_checkpoint: Optional[str] = None,
+        prompt_init: str = "default",
+        compile: bool = False,
     ):
         super().__init__()
         objectives = dict(objectives or {"lm": 1.0})
@@ -150,6 +160,7 @@ class BridgeModule(L.LightningModule):
             "optimizer": asdict(optimizer), "generation": asdict(generation), "stage1": asdict(stage1),
             "evaluation": asdict(evaluation), "stage1_checkpoint": stage1_checkpoint,
             "stage1_parts": stage1_parts, "frozen_dtype": frozen_dtype, "encoder_checkpoint": encoder_checkpoint,
+            "prompt_init": prompt_init, "compile": compile,
         })
         self.specs = {"encoder": encoder, "bridge": bridge, "llm": llm}
         self.objectives = objectives
@@ -187,6 +198,7 @@ class BridgeModule(L.LightningModule):
             self.llm = build_llm(llm, self.frozen_dtype if llm.mode != "full" else None)
             if self.llm.hidden_size != width:
                 raise ConfigError(f"model.llm: config width {width} != embedding width {self.llm.hidden_size}")
+            self._init_prompt_scale(prompt_init)
         self._predictions: list[dict] = []
         self._retrieval: list[dict] = []
         self._ranked: list[dict] = []
@@ -195,7 +207,38 @@ class BridgeModule(L.LightningModule):
         self._skipped: list[dict] = []
         self._encoder_key: Optional[str] = None
         self.feature_mode = False  # predict returns encoder features (the cache pass)
+        if compile:
+            self._compile()
         self.train()  # the override keeps the frozen parts in eval mode
+
+    def _compile(self) -> None:
+        # Compiling bound forwards (not wrapping the modules) keeps parameter names, so checkpoints
+        # and stage-1 loading are the same with and without the switch.
+        targets = [self.bridge]
+        if self.llm is not None:
+            hf = self.llm.hf
+            for getter in ("get_encoder", "get_decoder"):
+                stack = getattr(hf, getter, None)
+                stack = stack() if callable(stack) else None
+                if isinstance(stack, torch.nn.Module) and stack is not hf and all(stack is not t for t in targets):
+                    targets.append(stack)
+        for module in targets:
+            module.forward = torch.compile(module.forward, dynamic=True)
+        rank_zero_info(f"torch.compile: {', '.join(type(m).__name__ for m in targets)}")
+
+    def _init_prompt_scale(self, prompt_init: str) -> None:
+        if prompt_init not in ("default", "embedding_scale"):
+            raise ConfigError(f"model.prompt_init: unknown '{prompt_init}'; choose one of: default, embedding_scale")
+        proj = getattr(self.bridge, "proj", None)
+        if prompt_init == "default" or not isinstance(proj, torch.nn.Linear):
+            return
+        with torch.no_grad():
+            target = self.llm.hf.get_input_embeddings().weight.float().std()
+            # Output std of a linear layer on unit-variance inputs (the bridges' outputs are
+            # LayerNorm'd or encoder tokens) is sqrt(fan_in) * weight std.
+            current = proj.weight.float().std() * math.sqrt(proj.in_features)
+            proj.weight.mul_(target / current)
+            proj.bias.zero_()
 
     # === Freezing ===
 

@@ -32,6 +32,7 @@ from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, ManifestError
 TASKS = ("caption", "qa")
 FEATURE_MODES = ("audio", "cached", "auto")
 CROPS = ("random", "start")
+TRAIN_TARGETS = ("random", "first")
 
 
 class FeatureCacheMiss(ValueError):
@@ -64,8 +65,9 @@ class AudioTextDataset(Dataset):
     def __init__(self, examples: list[Example], sample_rate: int, clip_seconds: Optional[float],
                  instructions: list[str], train: bool, random_crop: bool = True, skip_bad_audio: bool = False,
                  store: Optional[FeatureStore] = None, serve_features: bool = False, cache_hint: str = "",
-                 seed: int = 0):
+                 seed: int = 0, train_target: str = "random"):
         self.examples = examples
+        self.train_target = train_target
         self.seed = seed
         self.sample_rate = sample_rate
         self.clip_seconds = clip_seconds
@@ -116,7 +118,7 @@ class AudioTextDataset(Dataset):
             instruction = ex.instruction
         else:
             instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
-        target = rng.choice(ex.targets) if self.train else ex.targets[0]
+        target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
                 "references": list(ex.targets), "labels": ex.clip.labels}
 
@@ -221,6 +223,9 @@ class AudioTextDataModule(L.LightningDataModule):
         skip_bad_audio: Leave undecodable clips out (counted, listed in the run folder) instead of
             stopping with an error naming the file.
         feature_cache: Folder of the feature cache (default: ``$BRIDGEBENCH_CACHE/features``).
+        train_target: Which of a clip's captions training uses: ``random`` (one drawn per visit) or
+            ``first`` (always the first, e.g. music-synth's canonical tag list). Evaluation always
+            scores against all of them.
     """
 
     def __init__(
@@ -238,15 +243,17 @@ class AudioTextDataModule(L.LightningDataModule):
         train_crop: str = "random",
         skip_bad_audio: bool = False,
         feature_cache: Optional[str] = None,
+        train_target: str = "random",
     ):
         super().__init__()
         for key, value, options in (("task", task, TASKS), ("features", features, FEATURE_MODES),
-                                    ("train_crop", train_crop, CROPS)):
+                                    ("train_crop", train_crop, CROPS), ("train_target", train_target, TRAIN_TARGETS)):
             if value not in options:
                 raise ValueError(f"data.{key}: unknown value '{value}'; choose one of: {', '.join(options)}")
         self.features = features
         self.train_crop = train_crop
         self.skip_bad_audio = skip_bad_audio
+        self.train_target = train_target
         self.feature_cache = feature_cache
         self.cache_hint = "python -m bridgebench cache --config <the same config files>"
         self.manifest = manifest
@@ -310,7 +317,7 @@ class AudioTextDataModule(L.LightningDataModule):
                                 self.instructions, train=role == "train", random_crop=self.train_crop == "random",
                                 skip_bad_audio=self.skip_bad_audio, store=self.store(),
                                 serve_features=self.features != "audio", cache_hint=self.cache_hint,
-                                seed=self.seed())
+                                seed=self.seed(), train_target=self.train_target)
 
     @staticmethod
     def seed() -> int:

@@ -257,3 +257,70 @@ def test_encoder_lr_scale_gives_a_trainable_encoder_its_own_rate_through_the_sch
             assert rates["encoder"] == pytest.approx(1e-3)
         else:
             assert "encoder" not in rates
+
+
+def _fsdp_units(root, policy):
+    """The wrap units FSDP's recursive auto-wrap would build: (unit, its own parameters)."""
+    units = []
+
+    def visit(module):
+        for child in module.children():
+            if policy(child, True, 0):
+                visit(child)
+            if policy(child, False, 0):
+                units.append(child)
+
+    visit(root)
+    inside = {id(p) for u in units for p in u.parameters()}
+    own = [(u, [p for p in u.parameters() if not any(p is q for v in units if v is not u and any(v is m for m in u.modules()) for q in v.parameters())]) for u in units]
+    own.append((root, [p for p in root.parameters() if id(p) not in inside]))
+    return own
+
+
+@pytest.mark.parametrize("parts", [("clap", "qformer", "seq2seq"), ("mert", "linear_pool", "causal"),
+                                   ("data2vec", "bridgenet", "seq2seq")])
+def test_fsdp_wrap_units_never_mix_frozen_and_trained_weights(parts):
+    from bridgebench.strategies import wrap_policy
+
+    m = tiny_module(encoder=parts[0], bridge=parts[1], llm=parts[2])
+    units = _fsdp_units(m, wrap_policy(m))
+    assert any(u is m.bridge for u, _ in units)  # the bridge is one unit
+    frozen_blocks = [u for u, _ in units if u is not m and u is not m.bridge]
+    assert len(frozen_blocks) >= 4  # encoder and LLM blocks are sharded one by one
+    for unit, params in units:
+        flags = {p.requires_grad for p in params}
+        assert len(flags) <= 1, f"{type(unit).__name__} mixes frozen and trained weights"
+    assert not any(p.requires_grad for p in units[-1][1])  # what stays in the root unit is frozen
+
+
+def test_fsdp_strategy_config_parses():
+    import yaml
+
+    from bridgebench.cli import run
+
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", f"{root}/experiments/blap_stage2.yaml", "--config", f"{root}/experiments/slurm/fsdp.yaml",
+             "--print_config"])
+    cfg = yaml.safe_load(open(f"{root}/experiments/slurm/fsdp.yaml"))
+    assert cfg["trainer"]["strategy"]["class_path"] == "bridgebench.strategies.BridgeFSDPStrategy"
+    from bridgebench.strategies import BridgeFSDPStrategy
+
+    assert BridgeFSDPStrategy(sharding_strategy="FULL_SHARD").kwargs["use_orig_params"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("llm", ["seq2seq", "causal"])
+def test_compile_switch_keeps_the_loss_and_the_checkpoint_keys(llm):
+    from bridgebench.module import BridgeModule
+
+    torch.manual_seed(0)
+    plain = BridgeModule(**tiny_specs(encoder="mert", bridge="qformer", llm=llm))
+    torch.manual_seed(0)
+    compiled = BridgeModule(**tiny_specs(encoder="mert", bridge="qformer", llm=llm), compile=True)
+    batch = tiny_batch(plain)
+    plain.eval()
+    compiled.eval()
+    with torch.no_grad():
+        assert compiled.losses(batch)["loss"].item() == pytest.approx(plain.losses(batch)["loss"].item(), abs=1e-5)
+    assert list(plain.state_dict()) == list(compiled.state_dict())
