@@ -124,7 +124,8 @@ def random_weights(device: torch.device):
         PreTrainedModel.from_pretrained, _BaseAutoModelClass.from_pretrained = saved
 
 
-def build_module(preset: str, folders: dict, device: torch.device, tiny: bool, compile_: bool):
+def build_module(preset: str, folders: dict, device: torch.device, tiny: bool, compile_: bool,
+                 variant: dict | None = None):
     """The preset's model section with every pretrained reference pointed at ``folders``."""
     import yaml
 
@@ -141,6 +142,11 @@ def build_module(preset: str, folders: dict, device: torch.device, tiny: bool, c
     if llm.name == "causal":
         opts.gguf_file = None
     dtype = "float32" if device.type == "cpu" else "bfloat16"
+    variant = variant or {}
+    dtype = variant.get("frozen_dtype", dtype)
+    if variant.get("gradient_checkpointing") and bridge.name != "linear_pool":
+        getattr(bridge, bridge.name).gradient_checkpointing = True
+    compile_ = variant.get("compile", compile_)
     with random_weights(device), torch.device(device):
         module = BridgeModule(encoder=enc, bridge=bridge, llm=llm, objectives={"lm": 1.0},
                               generation=GenerationSpec(num_beams=1), frozen_dtype=dtype, compile=compile_)
@@ -299,10 +305,10 @@ def measure(step, params: list, batch_size: int, device: torch.device, steps: in
 
 
 def run_preset(preset: str, folders: dict, device: torch.device, tiny: bool, steps: int, warmup: int,
-               compile_: bool) -> dict:
+               compile_: bool, variant: dict | None = None, reference: bool = True) -> dict:
     shape = TINY_SHAPES if tiny else SHAPES[preset]
     torch.manual_seed(0)
-    module = build_module(preset, folders, device, tiny, compile_)
+    module = build_module(preset, folders, device, tiny, compile_, variant)
     module.train()
     batch = make_batch(module, shape, device)
     fused = device.type == "cuda"
@@ -314,6 +320,8 @@ def run_preset(preset: str, folders: dict, device: torch.device, tiny: bool, ste
 
     result = {"batch": shape["batch"], "shape": shape, "bridgebench": measure(ours, ours_params, shape["batch"], device,
                                                                               steps, warmup, fused)}
+    if not reference:
+        return result
     ref = hand_wired(preset, module).to(device)
     ref.train()
     module.train()  # the frozen parts stay in eval mode, as in bridgebench's own step
@@ -333,6 +341,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; tiny 1)")
     parser.add_argument("--compile", action="store_true", help="bridgebench's compile switch (model.compile)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also time blap_stage2 with each speed switch flipped (fp32 frozen storage, compile, "
+                             "Q-Former gradient checkpointing)")
     parser.add_argument("--out", default=None, help="JSON output (default bench/results/gpu[-tiny].json)")
     opts = parser.parse_args(argv)
     device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
@@ -355,6 +366,16 @@ def main(argv=None) -> int:
             print(f"{preset}: bridgebench {r['bridgebench']['samples_per_s']:.1f} samples/s "
                   f"({r['bridgebench']['tflops']:.2f} TFLOP/s), hand-wired {r['hand_wired']['samples_per_s']:.1f} "
                   f"samples/s, speedup {r['speedup']:.2f}x", flush=True)
+        if opts.ablate:
+            # One switch flipped at a time against the default blap_stage2 step above.
+            report["switches"] = {}
+            for name, variant in (("frozen_fp32", {"frozen_dtype": "float32"}), ("compile", {"compile": True}),
+                                  ("qformer_grad_checkpointing", {"gradient_checkpointing": True})):
+                r = run_preset("blap_stage2", folders, device, opts.tiny, steps, warmup, opts.compile, variant,
+                               reference=False)["bridgebench"]
+                report["switches"][name] = r
+                print(f"blap_stage2 with {name}: {r['samples_per_s']:.1f} samples/s, peak "
+                      f"{r['peak_mem_gb'] if r['peak_mem_gb'] is None else round(r['peak_mem_gb'], 1)} GB", flush=True)
     report["wall_s"] = time.perf_counter() - started
     out = Path(opts.out or ROOT / "bench" / "results" / f"gpu{'-tiny' if opts.tiny else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -37,3 +39,14 @@ def test_gpu_benchmark_refuses_paper_sizes_without_a_gpu():
     done = subprocess.run([sys.executable, "bench/gpu.py", "--presets", "blap_stage2"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--tiny" in done.stderr
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_switch_ablation_runs_tiny(tmp_path):
+    out = tmp_path / "gpu-tiny.json"
+    done = subprocess.run([sys.executable, "bench/gpu.py", "--tiny", "--ablate", "--presets", "blap_stage2",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    switches = json.loads(out.read_text())["switches"]
+    assert set(switches) == {"frozen_fp32", "compile", "qformer_grad_checkpointing"}
+    assert all(s["samples_per_s"] > 0 for s in switches.values())
