@@ -136,3 +136,17 @@ def test_unknown_builtin_and_missing_manifest_are_reported():
     dm.connect(_contract())
     with pytest.raises(ManifestError, match="'data/none.jsonl' does not exist"):
         dm.setup()
+
+
+def test_train_target_first_always_trains_on_the_first_caption():
+    targets = {}
+    for mode in ("random", "first"):
+        dm = AudioTextDataModule(manifest="builtin:tones", batch_size=8, num_workers=0, clip_seconds=1.0,
+                                 train_target=mode)
+        dm.connect(_contract(sample_rate=16_000))
+        train = dm.dataset("train")
+        targets[mode] = [train[i]["target"] == train[i]["references"][0] for i in range(len(train))]
+    assert all(targets["first"])
+    assert not all(targets["random"])  # the default draws among the captions
+    with pytest.raises(ValueError, match="train_target"):
+        AudioTextDataModule(manifest="builtin:tones", train_target="last")
