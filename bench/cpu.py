@@ -11,7 +11,7 @@
 
 Writes ``bench/results.json`` and ``bench/results.md`` (committed: the numbers of this machine).
 
-    python bench/cpu.py [--preset blap_stage2] [--steps 30] [--full]   (``--full``: no tiny override)
+    python bench/cpu.py [--preset blap_stage2] [--steps 60] [--full]   (``--full``: no tiny override)
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class StepTimer:
         self.steps = 0
 
 
-def framework_overhead(preset: str, tiny: bool, steps: int, skip: int, repeats: int = 2) -> dict:
+def framework_overhead(preset: str, tiny: bool, steps: int, skip: int, repeats: int = 3) -> dict:
     """Per-step seconds: Lightning fit vs a bare loop over the same module/loader/optimizer. Each is
     run ``repeats`` times in the order L, bare, bare, L, ... and the fastest run of each counts, so
     a burst of load from elsewhere on the machine does not decide the ratio."""
@@ -191,7 +191,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="blap_stage2")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--skip", type=int, default=5, help="untimed first steps (startup, lazy init)")
     parser.add_argument("--full", action="store_true", help="the preset's real components, no tiny override")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="writes <out>.json and <out>.md")
