@@ -260,7 +260,8 @@ def test_encoder_lr_scale_gives_a_trainable_encoder_its_own_rate_through_the_sch
 
 
 def _fsdp_units(root, policy):
-    """The wrap units FSDP's recursive auto-wrap would build: (unit, its own parameters)."""
+    """The wrap units FSDP's recursive auto-wrap would build, each with the parameters it owns
+    (those not inside a nested unit); the root unit comes last."""
     units = []
 
     def visit(module):
@@ -271,10 +272,12 @@ def _fsdp_units(root, policy):
                 units.append(child)
 
     visit(root)
-    inside = {id(p) for u in units for p in u.parameters()}
-    own = [(u, [p for p in u.parameters() if not any(p is q for v in units if v is not u and any(v is m for m in u.modules()) for q in v.parameters())]) for u in units]
-    own.append((root, [p for p in root.parameters() if id(p) not in inside]))
-    return own
+    owned = []
+    for unit in units + [root]:
+        nested = {id(p) for other in units if other is not unit and any(other is m for m in unit.modules())
+                  for p in other.parameters()}
+        owned.append((unit, [p for p in unit.parameters() if id(p) not in nested]))
+    return owned
 
 
 @pytest.mark.parametrize("parts", [("clap", "qformer", "seq2seq"), ("mert", "linear_pool", "causal"),
