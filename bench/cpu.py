@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from feature_cache import build, timed_steps  # noqa: E402
+from feature_cache import build, compare, cycle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,17 +78,12 @@ def framework_overhead(preset: str, tiny: bool, steps: int, skip: int, repeats: 
         module.load_state_dict(state)
         opt = module.configure_optimizers()["optimizer"]
         module.train()
-        loader = dm.train_dataloader()
-        it = iter(loader)
+        it = cycle(dm.train_dataloader())
         start = None
         for step in range(steps):
             if step == skip:
                 start = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(loader)
-                batch = next(it)
+            batch = next(it)
             loss = module.losses(batch)["loss"]
             loss.backward()
             if cli.trainer.gradient_clip_val:
@@ -109,23 +103,7 @@ def framework_overhead(preset: str, tiny: bool, steps: int, skip: int, repeats: 
 
 
 def cached_vs_on_the_fly(preset: str, tiny: bool, steps: int) -> dict:
-    from bridgebench.cache import fill_cache
-
-    cli = build(preset, tiny, "runs/bench-cpu")
-    module, dm = cli.model, cli.datamodule
-    fill_cache(module, dm, cli.trainer, roles=("train",))
-    seconds = {}
-    for mode in ("audio", "cached"):
-        dm.features, dm.train_crop = mode, "start"
-        dm.connect(module.data_contract())
-        seconds[mode] = timed_steps(module, dm._loader("train", shuffle=False), steps)
-    module.eval()
-    losses = {}
-    with torch.no_grad():
-        for mode in ("audio", "cached"):
-            dm.features = mode
-            random.seed(0)
-            losses[mode] = module.losses(next(iter(dm._loader("train", shuffle=False))))["loss"].item()
+    seconds, losses = compare(build(preset, tiny, "runs/bench-cpu"), steps)
     return {"seconds_per_step_on_the_fly": seconds["audio"], "seconds_per_step_cached": seconds["cached"],
             "speedup": seconds["audio"] / seconds["cached"], "loss_abs_diff": abs(losses["audio"] - losses["cached"])}
 
