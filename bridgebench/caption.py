@@ -50,7 +50,12 @@ def load_run(ref: str, device: str = "cpu"):
     if not hp:
         raise ConfigError(f"--ckpt: '{path}' has no bridgebench hyper-parameters")
     kwargs = {k: spec_from_dict(cls, hp[k]) for k, cls in SPECS.items() if k in hp}
-    module = BridgeModule(**kwargs, objectives=hp.get("objectives"), frozen_dtype=hp.get("frozen_dtype", "auto"))
+    # Frozen weights are not in the checkpoint: a frozen encoder trained in stage 1 comes back from
+    # the stage-1 checkpoint the run started from (its path is in the hyper-parameters).
+    extra = {k: hp[k] for k in ("stage1_checkpoint", "stage1_parts", "encoder_checkpoint", "prompt_init",
+                                 "check_finite") if hp.get(k) is not None}
+    module = BridgeModule(**kwargs, objectives=hp.get("objectives"), frozen_dtype=hp.get("frozen_dtype", "auto"),
+                          **extra)
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=False)
     module.eval().to(device)

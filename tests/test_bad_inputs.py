@@ -201,3 +201,19 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     with pytest.raises(FloatingPointError, match="loss is nan at global step 2"):
         trainer.fit(module, datamodule=AudioTextDataModule(batch_size=2, num_workers=0, clip_seconds=1.0))
     assert torch.isfinite(module.bridge.proj.weight).all()  # the bad step was never applied
+
+
+def test_check_finite_off_leaves_the_step_free_of_the_nan_check(tmp_path):
+    module = tiny_module(encoder="mert", bridge="linear_pool", llm="causal", check_finite=False)
+    original = module.losses
+
+    def poisoned(batch, encoded=None):
+        out = original(batch, encoded)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    module.losses = poisoned
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=AudioTextDataModule(batch_size=2, num_workers=0, clip_seconds=1.0))
+    assert trainer.global_step == 2  # no stop: the switch really removes the check

@@ -124,3 +124,23 @@ def test_report_command_shows_clips_labels_and_metrics(tmp_path, capsys):
     assert out.count("generated: ") == 3 and out.count("true: instrument=") == 3
     assert "attr_acc_instrument" in out and "named: instrument " in out
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_caption_rebuilds_a_frozen_encoder_that_stage1_trained(tmp_path):
+    import torch
+
+    from bridgebench.caption import load_run
+
+    stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
+    common = ["--config", TINY, "--trainer.max_steps=2"]
+    run(["fit", "--config", os.path.join(ROOT, "experiments", "demo_stage1.yaml"), *common,
+         f"--trainer.default_root_dir={stage1}"])
+    ckpt = stage1 / "checkpoints" / "last.ckpt"
+    run(["fit", "--config", os.path.join(ROOT, "experiments", "demo_linear_pool.yaml"), *common,
+         f"--trainer.default_root_dir={stage2}", f"--model.encoder_checkpoint={ckpt}", "--data.features=audio"])
+    trained = {k[len("encoder."):]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()
+               if k.startswith("encoder.")}
+    assert trained  # stage 1 trained the encoder, so its checkpoint holds it
+    module, _ = load_run(str(stage2))
+    own = module.encoder.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in trained.items())
