@@ -97,7 +97,8 @@ class TagCaptioner:
     """A causal or seq2seq LM that answers instructions in batches (greedy or sampled)."""
 
     def __init__(self, model: str, gguf_file: Optional[str] = None, max_new_tokens: int = 96,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0):
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 repetition_penalty: float = 1.0):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -114,7 +115,8 @@ class TagCaptioner:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right" if self.seq2seq else "left"
         self.settings = {"model": model, "gguf_file": gguf_file, "max_new_tokens": max_new_tokens,
-                         "do_sample": do_sample, "temperature": temperature, "top_p": top_p, "seed": seed}
+                         "do_sample": do_sample, "temperature": temperature, "top_p": top_p, "seed": seed,
+                         "repetition_penalty": repetition_penalty}
         self.torch = torch
 
     def prompt(self, instruction: str) -> str:
@@ -130,7 +132,7 @@ class TagCaptioner:
                                add_special_tokens=self.seq2seq)
         torch.manual_seed(s["seed"])
         kw = dict(max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"],
-                  pad_token_id=self.tokenizer.pad_token_id)
+                  pad_token_id=self.tokenizer.pad_token_id, repetition_penalty=s["repetition_penalty"])
         if s["do_sample"]:
             kw.update(temperature=s["temperature"], top_p=s["top_p"])
         with torch.no_grad():
@@ -282,6 +284,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0,
+                     help="> 1 discourages repeats (small LMs loop under greedy decoding)")
     gen.add_argument("--limit", type=int, help="stop after this many rows in total (written earlier included)")
     gen.add_argument("--splits", nargs="*", help="only rows of these splits")
     ev = sub.add_parser("eval", help="score a generated manifest against its source captions (LP-MusicCaps table 2)")
@@ -294,7 +298,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not opts.model:
                 raise SystemExit(f"error: --method {opts.method} needs --model")
             captioner = TagCaptioner(opts.model, opts.gguf_file, opts.max_new_tokens, opts.do_sample,
-                                     opts.temperature, opts.top_p, opts.seed)
+                                     opts.temperature, opts.top_p, opts.seed, opts.repetition_penalty)
         counts = from_tags(opts.manifest, opts.out, opts.method, captioner, opts.batch_size, opts.limit, opts.splits)
         print(json.dumps(counts))
         return 0
