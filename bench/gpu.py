@@ -124,8 +124,7 @@ def random_weights(device: torch.device):
         PreTrainedModel.from_pretrained, _BaseAutoModelClass.from_pretrained = saved
 
 
-def build_module(preset: str, folders: dict, device: torch.device, tiny: bool, compile_: bool,
-                 variant: dict | None = None):
+def build_module(preset: str, folders: dict, device: torch.device, compile_: bool, variant: dict | None = None):
     """The preset's model section with every pretrained reference pointed at ``folders``."""
     import yaml
 
@@ -308,7 +307,7 @@ def run_preset(preset: str, folders: dict, device: torch.device, tiny: bool, ste
                compile_: bool, variant: dict | None = None, reference: bool = True) -> dict:
     shape = TINY_SHAPES if tiny else SHAPES[preset]
     torch.manual_seed(0)
-    module = build_module(preset, folders, device, tiny, compile_, variant)
+    module = build_module(preset, folders, device, compile_, variant)
     module.train()
     batch = make_batch(module, shape, device)
     fused = device.type == "cuda"

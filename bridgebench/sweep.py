@@ -102,9 +102,7 @@ def run_need(name: str, configs: list[str], extra: list[str], suffix: str = "") 
         if arg.startswith("--trainer.default_root_dir="):
             raise SystemExit("error: --trainer.default_root_dir cannot be passed to a sweep with needs "
                              "(each need runs in its preset's own folder)")
-    run_dir = need_dir(configs, suffix)
-    if run_dir == Path("None" + suffix):
-        raise SystemExit(f"error: need '{name}': its configs set no trainer.default_root_dir")
+    run_dir = need_dir(configs, suffix, name)
     marker = run_dir / "fit.done"
     if marker.exists():
         seconds = json.loads(marker.read_text()).get("fit", 0.0)
@@ -122,11 +120,14 @@ def run_need(name: str, configs: list[str], extra: list[str], suffix: str = "") 
     return error, seconds.get("fit", 0.0)
 
 
-def need_dir(configs: list[str], suffix: str) -> Path:
+def need_dir(configs: list[str], suffix: str, name: str = "") -> Path:
+    """The run folder of a need: its configs' last ``trainer.default_root_dir``, plus ``suffix``."""
     root = None
     for config in configs:
         root = ((yaml.safe_load(open(config)) or {}).get("trainer") or {}).get("default_root_dir") or root
-    return Path(str(root) + suffix)
+    if root is None:
+        raise SystemExit(f"error: need '{name}': its configs set no trainer.default_root_dir")
+    return Path(root + suffix)
 
 
 def _mean_std(values: list) -> tuple:
@@ -272,7 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if stage1 is not None:  # the cell's own stage-1 run: its metrics as "stage1:<name>"
                 paths = spec["needs"][stage1]
                 stage1_file = need_dir(resolve([paths] if isinstance(paths, str) else paths),
-                                       "-tiny" if opts.tiny else "") / "metrics.json"
+                                       "-tiny" if opts.tiny else "", stage1) / "metrics.json"
                 if stage1_file.exists():
                     results.update({f"stage1:{k}": v for k, v in json.loads(stage1_file.read_text()).items()})
             runs.setdefault(cell, {})[seed] = results

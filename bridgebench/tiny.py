@@ -118,34 +118,21 @@ def _llama_tokenizer(out: Path):
 # === Models ===
 
 
-def _build_clap(out: Path) -> None:
+def _save_clap(out: Path, **sizes) -> None:
     from transformers import ClapAudioConfig, ClapAudioModel
 
-    cfg = ClapAudioConfig(
-        patch_embeds_hidden_size=8,
-        depths=[1, 1, 1, 1],
-        num_attention_heads=[1, 1, 2, 2],
-        hidden_size=32,
-        projection_dim=16,
-        enable_fusion=False,
-    )
-    ClapAudioModel(cfg).save_pretrained(str(out))
+    ClapAudioModel(ClapAudioConfig(enable_fusion=False, **sizes)).save_pretrained(str(out))
+
+
+def _build_clap(out: Path) -> None:
+    _save_clap(out, patch_embeds_hidden_size=8, depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 2, 2],
+               hidden_size=32, projection_dim=16)
 
 
 def _build_clap_small(out: Path) -> None:
     # A small HTS-AT (about 1 M parameters) to train from scratch: the demo's audio encoder.
-    from transformers import ClapAudioConfig, ClapAudioModel
-
-    cfg = ClapAudioConfig(
-        patch_embeds_hidden_size=32,
-        depths=[1, 1, 2, 1],
-        num_attention_heads=[2, 4, 8, 8],
-        hidden_size=256,
-        projection_dim=128,
-        enable_fusion=False,
-        drop_path_rate=0.0,
-    )
-    ClapAudioModel(cfg).save_pretrained(str(out))
+    _save_clap(out, patch_embeds_hidden_size=32, depths=[1, 1, 2, 1], num_attention_heads=[2, 4, 8, 8],
+               hidden_size=256, projection_dim=128, drop_path_rate=0.0)
 
 
 def _wav2vec_style_kwargs() -> dict:
