@@ -67,22 +67,31 @@ def load_run(ref: str, device: str = "cpu"):
     return module, instruction
 
 
-@torch.no_grad()
-def caption_files(module, files: list[str], instruction: str, seconds: Optional[float] = None,
-                  batch_size: int = 8) -> list[str]:
+def audio_batch(module, files: list[str], seconds: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded, mono, resampled clips cut to the encoder's window (or ``seconds``) from the start,
+    right-padded: (wave [B, S], mask [B, S])."""
     from bridgebench.datamodules.audio import load_audio
     from bridgebench.datamodules.datamodule import _pad
 
+    window = min(s for s in (seconds, module.encoder.max_seconds, 1e9) if s)
+    rate = module.encoder.sample_rate
+    return _pad([torch.from_numpy(load_audio(f, rate)[: int(window * rate)]) for f in files])
+
+
+@torch.no_grad()
+def caption_files(module, files: list[str], instruction, seconds: Optional[float] = None,
+                  batch_size: int = 8) -> list[str]:
+    """The run's answer for each file: to ``instruction`` (one for all, or one per file)."""
     if module.llm is None:
         raise ConfigError("this run has no language model (a stage-1 run); caption needs a stage-2 run")
-    window = min(s for s in (seconds, module.encoder.max_seconds, 1e9) if s)
+    instructions = [instruction] * len(files) if isinstance(instruction, str) else list(instruction)
+    if len(instructions) != len(files):
+        raise ValueError(f"caption_files: {len(files)} files but {len(instructions)} instructions")
     out = []
     for start in range(0, len(files), batch_size):
         part = files[start:start + batch_size]
-        audio = [torch.from_numpy(load_audio(f, module.encoder.sample_rate)[: int(window * module.encoder.sample_rate)])
-                 for f in part]
-        wave, mask = _pad(audio)
-        text = module.data_contract().text([instruction] * len(part))
+        wave, mask = audio_batch(module, part, seconds)
+        text = module.data_contract().text(instructions[start:start + batch_size])
         batch = {"id": part, "audio": wave.to(module.device), "audio_mask": mask.to(module.device),
                  "text": {k: v.to(module.device) for k, v in text.items()}}
         out += module.generate(batch)

@@ -1,4 +1,7 @@
-"""``python -m bridgebench captions from-tags|eval``: pseudo-captions from tags (LP-MusicCaps).
+"""``python -m bridgebench captions from-tags|refine|eval``: caption data from language models.
+
+``refine`` is the AudioSetCaps pipeline (audio-language model answers, LLM merge, contrastive
+refinement); it lives in ``bridgebench.refine``. The rest of this module is LP-MusicCaps.
 
 ``from-tags`` turns each manifest row's ``tags`` into a caption, either with a language model and
 one of LP-MusicCaps' four task instructions (``writing``, ``summary``, ``paraphrase``,
@@ -126,14 +129,17 @@ class TagCaptioner:
                                            add_generation_prompt=True)
         return instruction
 
-    def __call__(self, instructions: list[str]) -> list[str]:
+    def __call__(self, instructions: list[str], seed: Optional[int] = None, do_sample: Optional[bool] = None) -> list[str]:
+        """Answers; ``seed``/``do_sample`` override the settings for this call (a retry that must
+        differ from the first answer samples with another seed)."""
         torch, s = self.torch, self.settings
+        sample = s["do_sample"] if do_sample is None else do_sample
         batch = self.tokenizer([self.prompt(i) for i in instructions], return_tensors="pt", padding=True,
                                add_special_tokens=self.seq2seq)
-        torch.manual_seed(s["seed"])
-        kw = dict(max_new_tokens=s["max_new_tokens"], do_sample=s["do_sample"],
+        torch.manual_seed(s["seed"] if seed is None else seed)
+        kw = dict(max_new_tokens=s["max_new_tokens"], do_sample=sample,
                   pad_token_id=self.tokenizer.pad_token_id, repetition_penalty=s["repetition_penalty"])
-        if s["do_sample"]:
+        if sample:
             kw.update(temperature=s["temperature"], top_p=s["top_p"])
         with torch.no_grad():
             out = self.model.generate(**batch, **kw)
@@ -171,13 +177,8 @@ def _append(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: int = 8,
-              limit: Optional[int] = None, splits: Optional[list[str]] = None) -> dict[str, int]:
-    """Write pseudo-captions for the rows of ``manifest`` into ``out``; returns counts."""
-    if method not in METHODS:
-        raise SystemExit(f"error: --method {method!r}: choose one of {', '.join(METHODS)}")
-    if method in INSTRUCTIONS and captioner is None:
-        raise SystemExit(f"error: --method {method} needs --model (a causal or seq2seq LM)")
+def read_rows(manifest: str) -> tuple[Path, list[dict]]:
+    """(path, rows) of a JSONL manifest or a ``builtin:`` set (generated if needed)."""
     if manifest.startswith("builtin:"):
         from bridgebench.datamodules.fixtures import BUILTINS
 
@@ -185,6 +186,8 @@ def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: 
             raise SystemExit(f"error: unknown built-in set {manifest!r}; known: {', '.join(BUILTINS)}")
         manifest = str(BUILTINS[manifest]())
     src = Path(manifest)
+    if not src.is_file():
+        raise SystemExit(f"error: manifest not found: {src}")
     rows = []
     with open(src, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -193,6 +196,20 @@ def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: 
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as err:
                     raise SystemExit(f"error: {src}:{n}: not JSON ({err.msg})") from None
+    for n, row in enumerate(rows, 1):
+        if "id" not in row:
+            raise SystemExit(f"error: {src}: row {n} has no 'id'")
+    return src, rows
+
+
+def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: int = 8,
+              limit: Optional[int] = None, splits: Optional[list[str]] = None) -> dict[str, int]:
+    """Write pseudo-captions for the rows of ``manifest`` into ``out``; returns counts."""
+    if method not in METHODS:
+        raise SystemExit(f"error: --method {method!r}: choose one of {', '.join(METHODS)}")
+    if method in INSTRUCTIONS and captioner is None:
+        raise SystemExit(f"error: --method {method} needs --model (a causal or seq2seq LM)")
+    src, rows = read_rows(manifest)
     counts = {"rows": len(rows), "no_tags": 0, "done_before": 0, "written": 0, "malformed": 0}
     out_path, skipped_path = Path(out), Path(str(out) + ".skipped.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +308,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     ev = sub.add_parser("eval", help="score a generated manifest against its source captions (LP-MusicCaps table 2)")
     ev.add_argument("generated", nargs="+", help="manifests written by from-tags")
     ev.add_argument("--modes", nargs="*", default=["lp-musiccaps"], help="metric modes (see bridgebench.metrics)")
+    from bridgebench.refine import add_arguments
+
+    ref = sub.add_parser("refine", help="AudioSetCaps: captions from an audio-language model's answers, "
+                                        "merged by an LLM and refined against the labels with a contrastive scorer")
+    add_arguments(ref)
     opts = parser.parse_args(argv)
+    if opts.command == "refine":
+        from bridgebench.cli import quiet_libraries
+        from bridgebench.refine import run_from_args
+
+        quiet_libraries()
+        print(json.dumps(run_from_args(opts)))
+        return 0
     if opts.command == "from-tags":
         captioner = None
         if opts.method in INSTRUCTIONS:
