@@ -250,6 +250,10 @@ class OptimSpec:
     encoder_lr_scale: float = 1.0
     """Learning-rate multiplier for a trainable encoder's weights (the schedule scales with it): an
     encoder trained from scratch next to a pretrained bridge wants a larger step than the bridge."""
+    projection_lr_scale: float = 1.0
+    """Learning-rate multiplier for the bridge's output projection into the LLM (``bridge.proj``):
+    it starts from scratch while the Q-Former starts from BERT or stage 1, and a frozen LLM is
+    steered by it far sooner at a larger step than a pretrained Q-Former can take."""
 
 
 @dataclass

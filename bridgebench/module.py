@@ -625,16 +625,17 @@ class BridgeModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        groups: dict[tuple[bool, bool], list] = {}
+        scales = {"encoder": o.encoder_lr_scale, "projection": o.projection_lr_scale, "rest": 1.0}
+        groups: dict[tuple[str, bool], list] = {}
         for name, p in self.named_parameters():
             if p.requires_grad:
-                key = (name.startswith("encoder."), p.ndim >= 2)
-                groups.setdefault(key, []).append(p)
+                part = ("encoder" if name.startswith("encoder.") else
+                        "projection" if name.startswith("bridge.proj.") else "rest")
+                groups.setdefault((part, p.ndim >= 2), []).append(p)
         params = [p for ps in groups.values() for p in ps]
         param_groups = [
-            {"params": ps, "weight_decay": o.weight_decay if decayed else 0.0,
-             "lr": o.lr * (o.encoder_lr_scale if is_encoder else 1.0)}
-            for (is_encoder, decayed), ps in sorted(groups.items())
+            {"params": ps, "weight_decay": o.weight_decay if decayed else 0.0, "lr": o.lr * scales[part]}
+            for (part, decayed), ps in sorted(groups.items())
         ]
         fused = all(p.is_cuda for p in params)
         opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), fused=fused or None)

@@ -220,8 +220,8 @@ class RefineSettings:
     rounds: int = 3
     max_words: int = 50
     seed: int = 0
-    temperature: float = 0.9
-    top_p: float = 0.95
+    temperature: float = 0.7
+    top_p: float = 0.9
     assume: dict = field(default_factory=dict)  # presence gate -> True/False, instead of asking
     chain: tuple = CHAIN
 
@@ -384,8 +384,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=0.9, help="sampling temperature of the retries")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus of the retries")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the retries")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus of the retries")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="stop after this many rows in total (earlier ones included)")
     parser.add_argument("--splits", nargs="*", help="only rows of these splits")

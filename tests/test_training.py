@@ -232,27 +232,30 @@ def test_batched_candidate_scoring_equals_a_loop_over_candidates(llm):
                 torch.testing.assert_close(nll[i, j], mean_loss[i] * n_tokens, rtol=1e-4, atol=1e-4)
 
 
-def test_encoder_lr_scale_gives_a_trainable_encoder_its_own_rate_through_the_schedule():
+def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_the_schedule():
     from bridgebench.module import BridgeModule
 
-    optim = OptimSpec(lr=1e-4, min_lr=1e-5, warmup_steps=4, warmup_lr=1e-6, encoder_lr_scale=10.0)
+    optim = OptimSpec(lr=1e-4, min_lr=1e-5, warmup_steps=4, warmup_lr=1e-6, encoder_lr_scale=10.0,
+                      projection_lr_scale=30.0)
     for trainable in (False, True):
-        specs = tiny_specs(encoder="mert", bridge="linear_pool", llm="causal")
+        specs = tiny_specs(encoder="mert", bridge="qformer", llm="causal")
         specs["encoder"].trainable = trainable
         module = BridgeModule(**specs, optimizer=optim)
         module.trainer = L.Trainer(max_steps=20, logger=False, enable_checkpointing=False, enable_progress_bar=False)
         conf = module.configure_optimizers()
         opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
-        encoder_ids = {id(p) for p in module.encoder.parameters()}
+        owner = {id(p): "encoder" for p in module.encoder.parameters()}
+        owner.update({id(p): "projection" for p in module.bridge.proj.parameters()})
         for _ in range(4):  # to the end of warmup: every group at its peak rate
             opt.step()
             sched.step()
         rates = {}
         for g in opt.param_groups:
-            in_encoder = {id(p) in encoder_ids for p in g["params"]}
-            assert len(in_encoder) == 1  # no group mixes encoder and other weights
-            rates["encoder" if in_encoder.pop() else "rest"] = g["lr"]
-        assert rates["rest"] == pytest.approx(1e-4)
+            parts = {owner.get(id(p), "rest") for p in g["params"]}
+            assert len(parts) == 1  # no group mixes encoder, projection and other weights
+            rates.setdefault(parts.pop(), set()).add(g["lr"])
+        rates = {k: v.pop() for k, v in rates.items() if len(v) == 1}  # one rate per part, decayed or not
+        assert rates["rest"] == pytest.approx(1e-4) and rates["projection"] == pytest.approx(3e-3)
         if trainable:
             assert rates["encoder"] == pytest.approx(1e-3)
         else:
