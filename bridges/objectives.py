@@ -222,10 +222,11 @@ class Stage1Heads(nn.Module):
         dec[:, 0] = self.dec_id
         q = bridge.num_queries
         hidden = bridge.qformer(audio, audio_mask, dec, mask, self_mask=self.generation_mask(q, mask))
-        logits = self.lm_head(hidden[:, q:-1])
-        labels = dec[:, 1:].masked_fill(~mask[:, 1:], -100)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                               label_smoothing=self.label_smoothing, ignore_index=-100)
+        # The vocabulary-sized head runs only where a next token exists (not at padding), which is
+        # the bulk of ATG's cost; the loss is the same as over all positions with ignore_index.
+        keep = mask[:, 1:]
+        logits = self.lm_head(hidden[:, q:-1][keep])
+        return F.cross_entropy(logits.float(), dec[:, 1:][keep], label_smoothing=self.label_smoothing)
 
     # --- evaluation helpers ---
 

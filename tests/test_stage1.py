@@ -101,6 +101,22 @@ def test_atg_is_exact_under_gradient_checkpointing():
     torch.testing.assert_close(bridge.qformer.query_tokens.grad, g1)
 
 
+def test_atg_loss_is_the_next_token_cross_entropy_over_real_text_positions():
+    bridge, heads = _setup(("atg",), label_smoothing=0.1)
+    audio, amask, ids, tmask = _inputs(b=3, length=8)
+    tmask[1, 5:] = False  # a shorter caption: its padding carries no loss
+    tmask[2, 3:] = False
+    got = heads.generation_loss(bridge, audio, amask, ids, tmask)
+    dec = ids.clone()
+    dec[:, 0] = heads.dec_id
+    hidden = bridge.qformer(audio, amask, dec, tmask, self_mask=heads.generation_mask(Q, tmask))
+    logits = heads.lm_head(hidden[:, Q:-1])  # every position, then padding ignored
+    labels = dec[:, 1:].masked_fill(~tmask[:, 1:], -100)
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             label_smoothing=0.1, ignore_index=-100)
+    torch.testing.assert_close(got, want)
+
+
 def test_only_enabled_heads_are_built():
     _, atc = _setup(("atc",))
     assert hasattr(atc, "audio_proj") and not hasattr(atc, "atm_head") and not hasattr(atc, "lm_head")
