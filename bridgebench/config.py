@@ -98,6 +98,12 @@ class QFormerOptions:
     """Instruction tokens kept (left truncation), used by `bridgenet`."""
     gradient_checkpointing: bool = False
     """Recompute Q-Former layers in backward to save memory (all masks are explicit, so ATG stays exact)."""
+    standardize_queries: bool = False
+    """Stage 2: standardise each query output over the batch (BatchNorm without affine, running
+    statistics at eval) before the projection. Q-Former outputs are mostly a clip-independent offset
+    (LayerNorm'd learned queries); the projection then learns that offset and the soft prompt is
+    nearly the same for every clip. Standardised, the clip-dependent part reaches the LLM and the
+    offset is the projection's bias. Not in BLIP-2/BLAP; for short budgets with a frozen LLM."""
 
 
 @dataclass

@@ -273,7 +273,7 @@ class QFormerBridge(Bridge):
 
     def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
-                 gradient_checkpointing: bool = False, with_text: bool = False):
+                 gradient_checkpointing: bool = False, with_text: bool = False, standardize_queries: bool = False):
         super().__init__()
         config, state, tokenizer = load_bert(bert, "model.bridge.bert")
         if num_layers is not None:
@@ -292,14 +292,19 @@ class QFormerBridge(Bridge):
         self.random_init = self.qformer.load_bert(state)
         # Stage 1 has no LLM and so no projection; stage 2 projects the queries to the LLM's width.
         self.proj = nn.Linear(config.hidden_size, out_dim) if out_dim else None
+        # See QFormerOptions.standardize_queries; stage 1 has no projection and so no use for it.
+        self.query_norm = (nn.BatchNorm1d(num_queries * config.hidden_size, affine=False)
+                           if standardize_queries and out_dim else None)
         self.num_queries = num_queries
         self.hidden_size = config.hidden_size
 
     def forward(self, features, feature_mask, text=None):
         if self.proj is None:
             raise RuntimeError("this bridge was built without an LLM projection (stage 1: no LLM)")
-        hidden = self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))
-        prompt = self.proj(hidden[:, : self.num_queries])
+        hidden = self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))[:, : self.num_queries]
+        if self.query_norm is not None:
+            hidden = self.query_norm(hidden.reshape(hidden.shape[0], -1)).view_as(hidden)
+        prompt = self.proj(hidden)
         return prompt, torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
 
     def _text_inputs(self, text) -> dict:
@@ -319,9 +324,9 @@ class BridgeNetBridge(QFormerBridge):
 
     def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
-                 gradient_checkpointing: bool = False, with_text: bool = True):
+                 gradient_checkpointing: bool = False, with_text: bool = True, standardize_queries: bool = False):
         super().__init__(in_dim, out_dim, bert, num_queries, cross_attention_freq, num_layers, max_text_tokens,
-                         gradient_checkpointing, with_text=True)
+                         gradient_checkpointing, with_text=True, standardize_queries=standardize_queries)
         self.text_processor = BertTokens(self.tokenizer, max_text_tokens, "left", "bridge")
 
     def _text_inputs(self, text) -> dict:

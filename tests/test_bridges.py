@@ -132,3 +132,31 @@ def test_bridgenet_without_instruction_tokens_says_what_is_missing():
     net = BridgeNetBridge(in_dim=24, out_dim=16, bert="tiny", num_queries=4)
     with pytest.raises(ValueError, match="bridgenet needs instruction tokens"):
         net(torch.randn(1, 3, 24), torch.ones(1, 3, dtype=torch.bool), {})
+
+
+@pytest.mark.parametrize("cls", [QFormerBridge, BridgeNetBridge])
+def test_standardized_queries_pass_the_clip_dependent_part_and_use_running_statistics_at_eval(cls):
+    torch.manual_seed(0)
+    bridge = cls(in_dim=24, out_dim=10, bert="tiny", num_queries=4, standardize_queries=True)
+    plain = cls(in_dim=24, out_dim=10, bert="tiny", num_queries=4)
+    plain.load_state_dict({k: v for k, v in bridge.state_dict().items() if not k.startswith("query_norm.")})
+    text = None
+    if cls is BridgeNetBridge:
+        tok = bridge.text_processor(["Describe the music."] * 6)
+        text = {k: v for k, v in tok.items()}
+    feats = torch.randn(6, 9, 24) + 5.0  # a large offset shared by every clip
+    mask = torch.ones(6, 9, dtype=torch.bool)
+    bridge.train()
+    prompt, _ = bridge(feats, mask, text)
+    # Standardised over the batch, the queries average to zero, so the prompts average to the bias.
+    torch.testing.assert_close(prompt.mean(0), bridge.proj.bias.expand(4, -1), atol=1e-5, rtol=0)
+    spread = lambda p: (p.std(0).norm() / p.mean(0).norm()).item()  # noqa: E731
+    plain.eval()
+    with torch.no_grad():
+        for _ in range(50):  # running statistics settle on this data
+            bridge.train()(feats, mask, text)
+        bridge.eval()
+        alone = bridge(feats[:1], mask[:1], None if text is None else {k: v[:1] for k, v in text.items()})[0]
+        together = bridge(feats, mask, text)[0]
+        torch.testing.assert_close(alone[0], together[0])  # eval: no batch statistics
+        assert spread(together) > 5 * spread(plain(feats, mask, text)[0])
