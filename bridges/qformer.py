@@ -303,7 +303,13 @@ class QFormerBridge(Bridge):
             raise RuntimeError("this bridge was built without an LLM projection (stage 1: no LLM)")
         hidden = self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))[:, : self.num_queries]
         if self.query_norm is not None:
-            hidden = self.query_norm(hidden.reshape(hidden.shape[0], -1)).view_as(hidden)
+            flat, norm = hidden.reshape(hidden.shape[0], -1), self.query_norm
+            if norm.training and flat.shape[0] == 1:
+                # One clip has no spread to standardise by (an epoch's last batch can be one clip).
+                flat = nn.functional.batch_norm(flat, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+            else:
+                flat = norm(flat)
+            hidden = flat.view_as(hidden)
         prompt = self.proj(hidden)
         return prompt, torch.ones(prompt.shape[:2], dtype=torch.bool, device=prompt.device)
 

@@ -138,6 +138,7 @@ class CausalLM(LanguageModel):
         prompt pass instead of twelve. Left padding with explicit position ids keeps every real
         token at the position it has in training, so the scores equal scoring each candidate alone."""
         import copy
+        import inspect
 
         hf = self.hf
         body = getattr(hf, hf.base_model_prefix)
@@ -146,20 +147,23 @@ class CausalLM(LanguageModel):
         cand_ids, cand_mask = answers["target_ids"].to(soft.device), answers["target_mask"].to(soft.device)
         embeds, mask, _ = self.assemble(soft, soft_mask, text, with_target=False)  # left-padded
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes).
+        cache_arg = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
         prefix = body(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions, use_cache=True)
+        prefix_cache = getattr(prefix, cache_arg)
         first = F.log_softmax(head(prefix.last_hidden_state[:, -1]).float(), dim=-1)  # [B, V]: first answer token
         b, c = soft.shape[0], len(candidates)
         sums, counts = [], []
         for start in range(0, c, chunk):
             ids, keep = cand_ids[start:start + chunk], cand_mask[start:start + chunk]
             k = ids.shape[0]
-            cache = copy.deepcopy(prefix.past_key_values)
+            cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(k)
             ids_b, keep_b = ids.repeat(b, 1), keep.repeat(b, 1)  # row i*k + j: sample i, candidate j
             full_mask = torch.cat([mask.repeat_interleave(k, dim=0), keep_b], dim=1).long()
             pos = positions[:, -1:].repeat_interleave(k, dim=0) + torch.arange(1, ids.shape[1] + 1, device=ids.device)
             hidden = body(inputs_embeds=self.embed(ids_b), attention_mask=full_mask, position_ids=pos,
-                          past_key_values=cache, use_cache=True).last_hidden_state
+                          use_cache=True, **{cache_arg: cache}).last_hidden_state
             nll = -first.repeat_interleave(k, dim=0).gather(1, ids_b[:, :1]).squeeze(1)
             if ids.shape[1] > 1:
                 rest = F.cross_entropy(head(hidden[:, :-1]).float().transpose(1, 2), ids_b[:, 1:], reduction="none")

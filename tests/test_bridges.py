@@ -159,4 +159,11 @@ def test_standardized_queries_pass_the_clip_dependent_part_and_use_running_stati
         alone = bridge(feats[:1], mask[:1], None if text is None else {k: v[:1] for k, v in text.items()})[0]
         together = bridge(feats, mask, text)[0]
         torch.testing.assert_close(alone[0], together[0])  # eval: no batch statistics
+        for m in bridge.modules():  # no dropout: train and eval passes differ only in the statistics
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+            if hasattr(m, "attn_dropout"):
+                m.attn_dropout = 0.0
+        one = bridge.train()(feats[:1], mask[:1], None if text is None else {k: v[:1] for k, v in text.items()})[0]
+        torch.testing.assert_close(one, alone)  # a training batch of one clip uses the running statistics
         assert spread(together) > 5 * spread(plain(feats, mask, text)[0])
