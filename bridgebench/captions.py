@@ -202,6 +202,24 @@ def read_rows(manifest: str) -> tuple[Path, list[dict]]:
     return src, rows
 
 
+def pending_rows(rows: list[dict], done: set[str], counts: dict, splits: Optional[list[str]] = None,
+                 limit: Optional[int] = None, need: Optional[str] = None) -> list[dict]:
+    """Rows still to generate: in ``splits``, with a non-empty ``need`` field (else counted as
+    ``no_<need>``), not ``done`` (counted as ``done_before``), at most ``limit`` in all."""
+    todo = []
+    for row in rows:
+        if splits and row.get("split") not in splits:
+            continue
+        if need and not row.get(need):
+            counts[f"no_{need}"] = counts.get(f"no_{need}", 0) + 1
+            continue
+        if str(row["id"]) in done:
+            counts["done_before"] += 1
+            continue
+        todo.append(row)
+    return todo if limit is None else todo[: max(0, limit - counts["done_before"])]
+
+
 def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: int = 8,
               limit: Optional[int] = None, splits: Optional[list[str]] = None) -> dict[str, int]:
     """Write pseudo-captions for the rows of ``manifest`` into ``out``; returns counts."""
@@ -214,19 +232,7 @@ def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: 
     out_path, skipped_path = Path(out), Path(str(out) + ".skipped.jsonl")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = _done_ids(out_path, skipped_path)
-    todo = []
-    for row in rows:
-        if splits and row.get("split") not in splits:
-            continue
-        if not row.get("tags"):
-            counts["no_tags"] += 1
-            continue
-        if str(row["id"]) in done:
-            counts["done_before"] += 1
-            continue
-        todo.append(row)
-    if limit is not None:
-        todo = todo[: max(0, limit - counts["done_before"])]
+    todo = pending_rows(rows, done, counts, splits, limit, need="tags")
     settings = {"method": method, **(captioner.settings if method in INSTRUCTIONS else {"model": None})}
     audio_root = src.parent.resolve()
     for start in range(0, len(todo), batch_size):

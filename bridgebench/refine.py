@@ -311,7 +311,7 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
            settings: RefineSettings, batch_size: int = 8, limit: Optional[int] = None,
            splits: Optional[list[str]] = None, log: Callable[[str], None] = print) -> dict:
     """Run the pipeline over ``manifest`` into ``out`` (+ ``out.discarded.jsonl``); returns counts."""
-    from bridgebench.captions import _append, _done_ids, read_rows
+    from bridgebench.captions import _append, _done_ids, pending_rows, read_rows
 
     if settings.rounds < 1:
         raise SystemExit("error: --rounds must be at least 1")
@@ -320,16 +320,7 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = _done_ids(out_path, discarded_path)
     counts = {"rows": len(rows), "done_before": 0, "kept": 0, "discarded": 0}
-    todo = []
-    for row in rows:
-        if splits and row.get("split") not in splits:
-            continue
-        if str(row["id"]) in done:
-            counts["done_before"] += 1
-            continue
-        todo.append(row)
-    if limit is not None:
-        todo = todo[: max(0, limit - counts["done_before"])]
+    todo = pending_rows(rows, done, counts, splits, limit)
     audio_root = src.parent.resolve()
     settings_record = {"method": "audiosetcaps", "alm": getattr(alm, "name", type(alm).__name__),
                        "scorer": getattr(scorer, "name", type(scorer).__name__), **generator.settings,
