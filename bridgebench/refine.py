@@ -24,8 +24,9 @@ The AudioSetCaps pipeline (../shared/papers/audiosetcaps.txt §3), with any mode
 The output is a manifest: the input row with ``captions`` replaced by the kept caption, the
 originals as ``source_captions``, ``generation`` (models and settings) and ``refine`` (the ALM's
 answers, the round the caption was kept in, both scores). Rows in the output or the discarded file
-are skipped on a restart, so an interrupted run resumes. The summary counts kept and discarded
-rows, kept rows per round, rule failures by reason and unclear presence answers.
+are skipped on a restart, so an interrupted run resumes. Rows without labels (no ``tags`` and no
+string ``labels``) cannot be refined and are skipped. The summary counts kept and discarded rows,
+rows without labels, kept rows per round, rule failures by reason and unclear presence answers.
 """
 
 from __future__ import annotations
@@ -320,7 +321,9 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = _done_ids(out_path, discarded_path)
     counts = {"rows": len(rows), "done_before": 0, "kept": 0, "discarded": 0}
-    todo = pending_rows(rows, done, counts, splits, limit)
+    # Refinement compares a caption with its labels, so a row without any cannot be refined: counted.
+    counts["no_labels"] = sum(1 for r in rows if not labels_text(r) and (not splits or r.get("split") in splits))
+    todo = pending_rows([r for r in rows if labels_text(r)], done, counts, splits, limit)
     audio_root = src.parent.resolve()
     settings_record = {"method": "audiosetcaps", "alm": getattr(alm, "name", type(alm).__name__),
                        "scorer": getattr(scorer, "name", type(scorer).__name__), **generator.settings,

@@ -291,3 +291,22 @@ def test_clap_scorer_is_the_clap_models_audio_text_cosine(tmp_path):
                          input_features=inputs["input_features"])
     want = (o.logits_per_audio / scorer.model.logit_scale_a.exp()).diagonal()
     assert got == pytest.approx(want.tolist(), abs=1e-4)
+
+
+def test_rows_without_labels_are_counted_not_refined(tmp_path):
+    _, rows = read_rows("builtin:music-synth-small")
+    root = os.path.dirname(str(BUILTINS["builtin:music-synth-small"]()))
+    audio = os.path.join(root, rows[0]["audio"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": audio, "tags": ["jazz", "piano"], "captions": ["x"]}) + "\n"
+                        + json.dumps({"id": "b", "audio": audio, "captions": ["y"]}) + "\n")
+
+    class SameLLM:
+        settings = {"model": "same"}
+
+        def __call__(self, instructions, seed=None, do_sample=None):
+            return ["A calm piano piece."] * len(instructions)
+
+    counts = refine(str(manifest), str(tmp_path / "out.jsonl"), FakeALM(), SameLLM(),
+                    TableScorer({"A calm piano piece.": 0.9}), RefineSettings(), log=lambda s: None)
+    assert counts["no_labels"] == 1 and counts["kept"] == 1 and counts["discarded"] == 0
