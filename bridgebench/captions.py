@@ -107,7 +107,7 @@ class TagCaptioner:
 
         from bridgebench.paths import resolve_pretrained
 
-        path = resolve_pretrained(model, "--model")
+        path = resolve_pretrained(model, "--model", family="llama")  # "tiny": the tiny random LLaMA
         kw = {"gguf_file": gguf_file} if gguf_file else {}
         config = AutoConfig.from_pretrained(path, **kw)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
@@ -299,7 +299,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     gen.add_argument("manifest", help="input manifest (JSONL rows with 'tags'), or builtin:music-synth")
     gen.add_argument("out", help="output manifest (JSONL); appended to and resumed")
     gen.add_argument("--method", required=True, choices=METHODS)
-    gen.add_argument("--model", help="LM: hub id, folder, pkg:<package> or tiny (instructions only)")
+    gen.add_argument("--model", help="LM: hub id, folder, pkg:<package>, or tiny (a tiny random LLaMA, for "
+                     "trying the pipeline); needed by the four instructions")
     gen.add_argument("--gguf-file", help="GGUF file inside --model (e.g. SmolLM2-135M-Instruct.Q4_1.gguf)")
     gen.add_argument("--batch-size", type=int, default=8)
     gen.add_argument("--max-new-tokens", type=int, default=96)

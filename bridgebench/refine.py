@@ -367,7 +367,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("manifest", help="input manifest (JSONL rows with audio and labels/tags), or builtin:NAME")
     parser.add_argument("out", help="output manifest (JSONL); appended to and resumed")
     parser.add_argument("--alm", required=True, help="audio-language model: a trained stage-2 run folder or .ckpt")
-    parser.add_argument("--model", required=True, help="LLM that writes the caption: hub id, folder, pkg:<package>, tiny")
+    parser.add_argument("--model", required=True, help="LLM that writes the caption: hub id, folder, pkg:<package>, or tiny "
+                        "(a tiny random LLaMA, for trying the pipeline)")
     parser.add_argument("--gguf-file", help="GGUF file inside --model")
     parser.add_argument("--scorer", required=True,
                         help="contrastive audio-text model: a stage-1 run folder/.ckpt, or a CLAP checkpoint")

@@ -221,11 +221,10 @@ def tiny_runs(tmp_path_factory):
 
 def test_refine_end_to_end_with_tiny_runs_and_a_tiny_lm(tiny_runs, tmp_path, capsys):
     from bridgebench.refine import RunScorer
-    from bridgebench.tiny import tiny_checkpoint
 
     stage1, stage2 = tiny_runs
     out = tmp_path / "refined.jsonl"
-    args = ["refine", "builtin:music-synth-small", str(out), "--alm", str(stage2), "--model", str(tiny_checkpoint("llama")),
+    args = ["refine", "builtin:music-synth-small", str(out), "--alm", str(stage2), "--model", "tiny",
             "--scorer", str(stage1), "--rounds", "2", "--limit", "4", "--max-new-tokens", "8",
             "--assume", "speech_present=no", "music_present=yes", "--batch-size", "3", "--device", "cpu"]
     assert captions_main(args) == 0
