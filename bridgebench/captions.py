@@ -202,6 +202,15 @@ def read_rows(manifest: str) -> tuple[Path, list[dict]]:
     return src, rows
 
 
+def relocated(row: dict, audio_root: Path, out_dir: Path) -> dict:
+    """A copy of ``row`` whose relative audio path (relative to ``audio_root``, the input
+    manifest's folder) stays valid from ``out_dir``, where the output manifest is written."""
+    new_row = dict(row)
+    if not os.path.isabs(str(row.get("audio", ""))):
+        new_row["audio"] = os.path.relpath(audio_root / row["audio"], out_dir.resolve())
+    return new_row
+
+
 def pending_rows(rows: list[dict], done: set[str], counts: dict, splits: Optional[list[str]] = None,
                  limit: Optional[int] = None, need: Optional[str] = None) -> list[dict]:
     """Rows still to generate: in ``splits``, with a non-empty ``need`` field (else counted as
@@ -244,9 +253,7 @@ def from_tags(manifest: str, out: str, method: str, captioner=None, batch_size: 
             answers = captioner([INSTRUCTIONS[method].format(tags=t) for t in tag_text])
         written, skipped = [], []
         for row, answer in zip(chunk, answers, strict=True):
-            new_row = dict(row)
-            if not os.path.isabs(str(row.get("audio", ""))):  # keep audio paths valid next to the output
-                new_row["audio"] = os.path.relpath(audio_root / row["audio"], out_path.parent.resolve())
+            new_row = relocated(row, audio_root, out_path.parent)
             caption, extra = answer, {}
             if method == "attribute_prediction":
                 try:

@@ -99,7 +99,7 @@ COMMANDS = {
     "data": "bridgebench.data_cli",  # convert published metadata; render the music-synth set
     "caption": "bridgebench.caption",  # caption / answer questions about audio files with a trained run
     "sweep": "bridgebench.sweep",  # run a sweep file's cells x seeds, then tabulate and plot
-    "captions": "bridgebench.captions",  # pseudo-captions from tags (LP-MusicCaps) and their evaluation
+    "captions": "bridgebench.captions",  # caption data: from tags (LP-MusicCaps), refine (AudioSetCaps), eval
     "report": "bridgebench.report",  # print held-out clips with their generated captions, and the metrics
 }
 

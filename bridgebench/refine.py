@@ -142,16 +142,16 @@ class ClapScorer:
         self.features = ClapFeatureExtractor.from_pretrained(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.name, self.device, self.batch_size = name_or_path, device, batch_size
+        self.fusion = bool(self.model.config.audio_config.enable_fusion)
 
     @torch.no_grad()
     def score(self, audio: list[str], texts: list[str]) -> list[float]:
         from bridgebench.datamodules.audio import load_audio
 
-        rate, out = self.features.sampling_rate, []
+        rate, fusion, out = self.features.sampling_rate, self.fusion, []
         for start in range(0, len(audio), self.batch_size):
             # Non-fusion checkpoints take one 10 s window: the first, cut here, since the extractor
             # would draw a random one (rand_trunc) and a score must not change between calls.
-            fusion = bool(self.model.config.audio_config.enable_fusion)
             clips = [load_audio(f, rate) if fusion else load_audio(f, rate)[: self.features.nb_max_samples]
                      for f in audio[start:start + self.batch_size]]
             inputs = self.features(clips, sampling_rate=rate, return_tensors="pt",
@@ -182,12 +182,11 @@ def yes_no(answer: str) -> Optional[bool]:
     return {"yes": True, "no": False}.get(word.group(1)) if word else None
 
 
-def labels_text(row: dict) -> str:
-    """The ground-truth labels as one text: the row's tags, else its string-valued labels."""
+def label_list(row: dict) -> list[str]:
+    """The ground-truth labels: the row's tags, else its string-valued labels."""
     if row.get("tags"):
-        return ", ".join(map(str, row["tags"]))
-    labels = row.get("labels") or {}
-    return ", ".join(str(v) for v in labels.values() if isinstance(v, str))
+        return [str(t) for t in row["tags"]]
+    return [v for v in (row.get("labels") or {}).values() if isinstance(v, str)]
 
 
 def clean_caption(answer: str) -> str:
@@ -207,8 +206,10 @@ def rule_violation(caption: str, labels: list[str], max_words: int) -> Optional[
         return "too_long"
     if re.search(r"[\"“][^\"”]*?\w+\W+\w+\W+\w+[^\"”]*[\"”]", caption):
         return "quotes_speech"  # a quotation of three words or more
-    norm = " ".join(re.sub(r"[^\w#]+", " ", caption.lower()).split())
-    listed = [" ".join(re.sub(r"[^\w#]+", " ", x.lower()).split()) for x in labels]
+    def words(text: str) -> str:  # lower case, punctuation to single spaces ('#' kept for keys)
+        return " ".join(re.sub(r"[^\w#]+", " ", text.lower()).split())
+
+    norm, listed = words(caption), [words(x) for x in labels]
     # The label list copied: three labels in a row, in the given order (naming a label is fine).
     for i in range(len(listed) - 2):
         if all(listed[i:i + 3]) and " ".join(listed[i:i + 3]) in norm:
@@ -262,8 +263,8 @@ def refine_rows(rows: list[dict], audio: list[str], alm: AudioLanguageModel, gen
     """Extraction, generation and the regenerate-until-not-below-the-labels loop for a batch of
     rows. Returns (kept, discarded) records; ``counts`` is updated."""
     answers = extract(alm, audio, settings, counts)
-    labels = [labels_text(r) for r in rows]
-    label_lists = [[x.strip() for x in text.split(",")] for text in labels]
+    label_lists = [label_list(r) for r in rows]
+    labels = [", ".join(x) for x in label_lists]
     label_scores = scorer.score(audio, labels)
     prompts = [merge_prompt(a, lab, settings.max_words) for a, lab in zip(answers, labels, strict=True)]
     state = [{"caption": "", "reason": None, "caption_score": None} for _ in rows]
@@ -312,7 +313,7 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
            settings: RefineSettings, batch_size: int = 8, limit: Optional[int] = None,
            splits: Optional[list[str]] = None, log: Callable[[str], None] = print) -> dict:
     """Run the pipeline over ``manifest`` into ``out`` (+ ``out.discarded.jsonl``); returns counts."""
-    from bridgebench.captions import _append, _done_ids, pending_rows, read_rows
+    from bridgebench.captions import _append, _done_ids, pending_rows, read_rows, relocated
 
     if settings.rounds < 1:
         raise SystemExit("error: --rounds must be at least 1")
@@ -322,8 +323,10 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
     done = _done_ids(out_path, discarded_path)
     counts = {"rows": len(rows), "done_before": 0, "kept": 0, "discarded": 0}
     # Refinement compares a caption with its labels, so a row without any cannot be refined: counted.
-    counts["no_labels"] = sum(1 for r in rows if not labels_text(r) and (not splits or r.get("split") in splits))
-    todo = pending_rows([r for r in rows if labels_text(r)], done, counts, splits, limit)
+    in_splits = [r for r in rows if not splits or r.get("split") in splits]
+    labelled = [r for r in in_splits if label_list(r)]
+    counts["no_labels"] = len(in_splits) - len(labelled)
+    todo = pending_rows(labelled, done, counts, limit=limit)
     audio_root = src.parent.resolve()
     settings_record = {"method": "audiosetcaps", "alm": getattr(alm, "name", type(alm).__name__),
                        "scorer": getattr(scorer, "name", type(scorer).__name__), **generator.settings,
@@ -339,9 +342,7 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
         kept, discarded = refine_rows(chunk, audio, alm, generator, scorer, settings, counts)
         written = []
         for rec in kept:
-            row = dict(rec["row"])
-            if not os.path.isabs(str(row["audio"])):  # keep audio paths valid next to the output
-                row["audio"] = os.path.relpath(audio_root / row["audio"], out_path.parent.resolve())
+            row = relocated(rec["row"], audio_root, out_path.parent)
             row.update(captions=[rec["caption"]], source_captions=rec["row"].get("captions", []),
                        generation=settings_record, refine=rec["refine"])
             written.append(row)
