@@ -39,6 +39,7 @@ from bridgebench.config import (
 )
 from bridgebench.registry import build_bridge, build_encoder, build_llm, llm_width
 from bridgebench.retrieval import recall_at_k, rerank, zero_shot_accuracy
+from bridgebench.tagging import TagHead, mean_average_precision, tag_vocabulary
 
 # Frozen encoder/LLM are in eval mode on purpose; Lightning's generic hint about it is noise here.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -188,7 +189,15 @@ class BridgeModule(L.LightningModule):
         width = llm_width(llm) if llm.name != "none" else None
         self.llm = None
         self.bridge = build_bridge(bridge, self.encoder.output_dim, width, with_text=bool(stage1_objectives))
-        self.stage1 = (Stage1Heads(self.bridge, tuple(stage1_objectives), **asdict(stage1))
+        if not stage1_objectives and "lm" not in objectives:
+            # Tagging alone trains the encoder; an untouched bridge would be saved as if trained.
+            self.bridge.requires_grad_(False)
+        # Built in setup(), once the training split's tags are known (see bridgebench/tagging.py).
+        self.tagger: Optional[TagHead] = None
+        self._tag_min_count = stage1.tag_min_count
+        self._tag_scores: list[dict] = []
+        self.stage1 = (Stage1Heads(self.bridge, tuple(stage1_objectives),
+                                   **{k: v for k, v in asdict(stage1).items() if k != "tag_min_count"})
                        if stage1_objectives else None)
         # Trainable-only checkpoints: frozen weights are rebuilt from the config, so resuming and
         # testing load with strict=False; on_load_checkpoint checks nothing trainable is missing.
@@ -254,6 +263,8 @@ class BridgeModule(L.LightningModule):
             self.encoder.eval()
         if self.llm is not None and self.llm.mode == "frozen":
             self.llm.eval()
+        if not any(p.requires_grad for p in self.bridge.parameters()):
+            self.bridge.eval()  # unused by a tagging-only run
         return self
 
     def trainable_state_keys(self) -> set[str]:
@@ -285,12 +296,27 @@ class BridgeModule(L.LightningModule):
                 f"{role:8s} {spec.name:12s} {state:15s} {_human(total):>7s} params, {_human(trained):>7s} trained"
                 f"  [{'train' if module.training else 'eval'}, {dtype}]  {source}"
             )
+        if self.tagger is not None:
+            n = sum(p.numel() for p in self.tagger.parameters())
+            lines.append(f"{'heads':8s} {'tag':12s} {'trained':15s} {_human(n):>7s} params, {_human(n):>7s} trained"
+                         f"  ({len(self.tagger.vocabulary)} tags)")
         total = sum(p.numel() for p in self.parameters())
         trained = sum(p.numel() for p in self.parameters() if p.requires_grad)
         lines.append(f"{'total':8s} {'':12s} {'':15s} {_human(total):>7s} params, {_human(trained):>7s} trained")
         return lines
 
     def setup(self, stage: str) -> None:
+        if "tag" in self.objectives and self.tagger is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            if dm is None or not hasattr(dm, "tag_lists"):
+                raise ConfigError("model.objectives.tag needs the manifest datamodule (its clips' tags)")
+            vocabulary = tag_vocabulary(dm.tag_lists("train"), self._tag_min_count)
+            if not vocabulary:
+                raise ConfigError(
+                    f"model.objectives.tag: no tag is carried by {self._tag_min_count} or more training clips of "
+                    f"{dm.manifest}; add `tags` to the manifest or lower model.stage1.tag_min_count"
+                )
+            self.tagger = TagHead(self.encoder.output_dim, vocabulary)
         rank_zero_info("bridgebench components (frozen parts run in eval mode, the encoder under no_grad):")
         for line in self.component_report():
             rank_zero_info("  " + line)
@@ -335,6 +361,8 @@ class BridgeModule(L.LightningModule):
             out["lm"] = self.llm.loss(soft, soft_mask, text)
         if self.stage1 is not None:
             out.update(self.stage1.losses(self.bridge, feats, mask, text["s1_ids"], text["s1_mask"]))
+        if "tag" in self.objectives:
+            out["tag"], _ = self.tagger.loss(feats, mask, batch["tags"])
         out["loss"] = sum(self.objectives[k] * out[k] for k in self.objectives)
         return out
 
@@ -406,6 +434,10 @@ class BridgeModule(L.LightningModule):
         encoded = self.encode(batch)  # one encoder pass serves losses, generation and ranking
         self._log_losses("test", self.losses(batch, encoded), len(batch["id"]))
         self._collect_retrieval(batch)
+        if self.tagger is not None:
+            logits = self.tagger(encoded[0].float(), encoded[1])
+            targets = self.tagger.targets(batch["tags"], logits.device)
+            self._tag_scores.extend({"logits": lg.tolist(), "targets": tg.tolist()} for lg, tg in zip(logits, targets))
         if self.llm is None:
             return
         soft = self.bridge(encoded[0].float(), encoded[1], batch["text"])
@@ -426,6 +458,13 @@ class BridgeModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._report_skipped("test")
         self.test_results.update(self._retrieval_metrics("test"))
+        if self.tagger is not None:
+            rows, self._tag_scores = self._gather(self._tag_scores), []
+            if rows:
+                tag_map = mean_average_precision(
+                    torch.tensor([r["logits"] for r in rows]), torch.tensor([r["targets"] for r in rows]))
+                self.log("test/tag_map", tag_map, rank_zero_only=True)
+                self.test_results["tag_map"] = tag_map
         if self.llm is None:
             return
         self._predictions = self._gather(self._predictions)
@@ -443,7 +482,7 @@ class BridgeModule(L.LightningModule):
             if self.eval_spec.attribute_vocabulary:
                 self.test_results.update(attribute_accuracy(self._predictions, self.eval_spec.attribute_vocabulary))
         for name, value in self.test_results.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name != "tag_map" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.log(f"test/{name}", float(value), rank_zero_only=True)
 
     def on_test_end(self) -> None:
@@ -666,8 +705,16 @@ class BridgeModule(L.LightningModule):
             "components": {"encoder": self.encoder.identity(), "llm": self.llm.identity() if self.llm else None,
                            "bridge": self.specs["bridge"].name},
         }
+        if self.tagger is not None:
+            checkpoint["bridgebench"]["tag_vocabulary"] = self.tagger.vocabulary
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("bridgebench", {}).get("tag_vocabulary")
+        if self.tagger is not None and saved is not None and saved != self.tagger.vocabulary:
+            raise ConfigError(
+                f"checkpoint's tag vocabulary ({len(saved)} tags) differs from this data's ({len(self.tagger.vocabulary)}); "
+                "test with the manifest and model.stage1.tag_min_count it was trained with"
+            )
         missing = sorted(self.trainable_state_keys() - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(

@@ -14,7 +14,7 @@ import torch
 
 from bridgebench.bridges import Bridge, BridgeNetBridge, LinearPoolBridge, QFormerBridge
 from bridgebench.config import BridgeSpec, EncoderSpec, LLMSpec
-from bridgebench.encoders import AudioEncoder, ClapEncoder, Data2VecEncoder, MertEncoder
+from bridgebench.encoders import AudioEncoder, ClapEncoder, ConvEncoder, Data2VecEncoder, MertEncoder
 from bridgebench.llms import CausalLM, LanguageModel, Seq2SeqLM
 from bridgebench.paths import resolve_pretrained
 
@@ -23,6 +23,7 @@ ENCODERS = {
     "clap": (ClapEncoder, "clap"),
     "mert": (MertEncoder, "mert"),
     "data2vec": (Data2VecEncoder, "data2vec"),
+    "cnn": (ConvEncoder, None),  # no checkpoint to resolve: scratch, tiny, or a weights file
 }
 BRIDGES = {
     "qformer": QFormerBridge,
@@ -38,7 +39,10 @@ LLMS = {
 def build_encoder(spec: EncoderSpec) -> AudioEncoder:
     cls, family = ENCODERS[spec.name]
     kwargs = asdict(getattr(spec, spec.name))
-    kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"], f"model.encoder.{spec.name}.pretrained", family)
+    if family is not None:
+        kwargs["pretrained"] = resolve_pretrained(kwargs["pretrained"], f"model.encoder.{spec.name}.pretrained", family)
+    else:
+        kwargs["pretrained"] = os.path.expanduser(kwargs["pretrained"])
     return cls(**kwargs)
 
 

@@ -273,11 +273,14 @@ class QFormerBridge(Bridge):
 
     def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
-                 gradient_checkpointing: bool = False, with_text: bool = False, standardize_queries: bool = False):
+                 gradient_checkpointing: bool = False, with_text: bool = False, standardize_queries: bool = False,
+                 dropout: Optional[float] = None):
         super().__init__()
         config, state, tokenizer = load_bert(bert, "model.bridge.bert")
         if num_layers is not None:
             config.num_hidden_layers = num_layers
+        if dropout is not None:
+            config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
         if with_text:
             # ATG's decoder start token (LAVIS adds [DEC] and grows the vocabulary by one).
             tokenizer.add_special_tokens({"bos_token": "[DEC]"})
@@ -330,9 +333,11 @@ class BridgeNetBridge(QFormerBridge):
 
     def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
-                 gradient_checkpointing: bool = False, with_text: bool = True, standardize_queries: bool = False):
+                 gradient_checkpointing: bool = False, with_text: bool = True, standardize_queries: bool = False,
+                 dropout: Optional[float] = None):
         super().__init__(in_dim, out_dim, bert, num_queries, cross_attention_freq, num_layers, max_text_tokens,
-                         gradient_checkpointing, with_text=True, standardize_queries=standardize_queries)
+                         gradient_checkpointing, with_text=True, standardize_queries=standardize_queries,
+                         dropout=dropout)
         self.text_processor = BertTokens(self.tokenizer, max_text_tokens, "left", "bridge")
 
     def _text_inputs(self, text) -> dict:

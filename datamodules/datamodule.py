@@ -120,7 +120,7 @@ class AudioTextDataset(Dataset):
             instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
         target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
-                "references": list(ex.targets), "labels": ex.clip.labels}
+                "references": list(ex.targets), "labels": ex.clip.labels, "tags": ex.clip.tags}
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
@@ -174,7 +174,7 @@ class Collate:
         targets = [it["target"] for it in items]
         batch = {"id": [it["id"] for it in items], "instruction": instructions, "target": targets,
                  "references": [it["references"] for it in items], "labels": [it["labels"] for it in items],
-                 "skipped": skipped,
+                 "tags": [it["tags"] for it in items], "skipped": skipped,
                  "text": self.text(instructions, targets) if items else {}}
         if items and "features" in items[0]:
             batch["features"], _ = _pad([it["features"] for it in items])
@@ -302,6 +302,11 @@ class AudioTextDataModule(L.LightningDataModule):
                 rank_zero_warn(f"{path}: truncated {counts['truncated']} text(s) longer than "
                                f"{MAX_TEXT_CHARS} characters")
             self.text_counts = counts
+
+    def tag_lists(self, role: str = "train") -> list[list[str]]:
+        """The ``tags`` of every clip in a role's split (the `tag` objective's vocabulary source)."""
+        self.setup()
+        return [c.tags for c in self._clips if c.split == self.splits[role]]
 
     def dataset(self, role: str) -> AudioTextDataset:
         self.setup()

@@ -167,3 +167,17 @@ def test_standardized_queries_pass_the_clip_dependent_part_and_use_running_stati
         one = bridge.train()(feats[:1], mask[:1], None if text is None else {k: v[:1] for k, v in text.items()})[0]
         torch.testing.assert_close(one, alone)  # a training batch of one clip uses the running statistics
         assert spread(together) > 5 * spread(plain(feats, mask, text)[0])
+
+
+@pytest.mark.parametrize("cls", [QFormerBridge, BridgeNetBridge])
+def test_dropout_option_switches_off_every_dropout_of_the_qformer(cls):
+    torch.manual_seed(0)
+    bridge = cls(in_dim=24, out_dim=10, bert="tiny", num_queries=4, dropout=0.0)
+    text = bridge.text_processor(["Describe the music."] * 2) if cls is BridgeNetBridge else None
+    feats, mask = torch.randn(2, 9, 24), torch.ones(2, 9, dtype=torch.bool)
+    with torch.no_grad():
+        trained = bridge.train()(feats, mask, text)[0]
+        evaluated = bridge.eval()(feats, mask, text)[0]
+    torch.testing.assert_close(trained, evaluated)  # the train-mode pass is the eval pass
+    default = cls(in_dim=24, out_dim=10, bert="tiny", num_queries=4)
+    assert default.qformer.embeddings.dropout.p > 0  # the BERT config's dropout otherwise

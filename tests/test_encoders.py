@@ -103,3 +103,41 @@ def test_frozen_encoder_runs_without_autograd_graph():
     enc.frozen = False
     feats, _ = enc(torch.randn(1, 4_000), torch.ones(1, 4_000, dtype=torch.bool))
     assert feats.requires_grad
+
+
+def test_cnn_encoder_gives_125_tokens_per_ten_seconds_and_round_trips_its_weights(tmp_path):
+    from bridgebench.encoders import ConvEncoder
+
+    enc = ConvEncoder("tiny").eval()
+    assert enc.output_dim == 32  # 4 base channels, doubled three times
+    audio = torch.randn(2, 160_000) * 0.1
+    mask = torch.ones(2, 160_000, dtype=torch.bool)
+    mask[1, 80_000:] = False
+    feats, fmask = enc(audio * mask, mask)
+    assert feats.shape == (2, 125, 32)
+    assert fmask[0].all() and fmask[1].sum() == 63  # tokens starting inside the first 5 s
+    short, smask = enc(torch.randn(1, 16_000), torch.ones(1, 16_000, dtype=torch.bool))
+    assert short.shape == (1, 125, 32) and smask.sum() == 13
+    with pytest.raises(ValueError, match="at most 10.0 s"):
+        enc(torch.randn(1, 170_000), torch.ones(1, 170_000, dtype=torch.bool))
+
+    # A saved state dict loads back as `pretrained` and gives the same tokens; the identity names the file.
+    trained = ConvEncoder(channels=4)
+    for p in trained.model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    path = tmp_path / "cnn.pt"
+    torch.save(trained.model.state_dict(), path)
+    loaded = ConvEncoder(str(path), channels=4).eval()
+    trained.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(audio, mask)[0], trained(audio, mask)[0])
+    assert loaded.identity() != ConvEncoder(channels=4).identity()
+
+
+def test_cnn_encoder_bad_weights_reference_is_one_config_line():
+    from bridgebench.config import BridgeSpec, ConfigError, EncoderSpec, LLMSpec, validate_config
+
+    spec = EncoderSpec(name="cnn")
+    spec.cnn.pretrained = "/nonexistent/cnn.pt"
+    with pytest.raises(ConfigError, match="model.encoder.cnn.pretrained: '/nonexistent/cnn.pt' is not scratch, tiny"):
+        validate_config(spec, BridgeSpec(), LLMSpec(name="none"), {"atc": 1.0})

@@ -57,7 +57,9 @@ def test_preset_fast_dev_runs_with_tiny_override(name, tmp_path):
     test = run(["test", *common])
     assert test.trainer.state.finished
     assert "test/loss" in test.trainer.callback_metrics
-    if test.model.llm is None:  # stage 1: retrieval instead of generated text
+    if test.model.tagger is not None and test.model.stage1 is None:  # encoder tagging
+        assert "test/tag_map" in test.trainer.callback_metrics
+    elif test.model.llm is None:  # stage 1: retrieval instead of generated text
         assert "test/r1_t2a" in test.trainer.callback_metrics
     else:
         rows = open(tmp_path / "predictions.jsonl").read().splitlines()

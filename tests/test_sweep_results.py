@@ -89,13 +89,13 @@ def test_caption_command_on_wav_and_mp3_from_a_trained_run(tmp_path, capsys):
 
 
 def test_sweep_needs_are_fitted_once_in_their_presets_folders_and_cells_report_stage1(tmp_path):
-    # The demo comparison's Bridge-Net cell needs two stage-1 runs (the encoder's, then the
-    # Bridge-Net's); run from another folder, as a user would, with the tiny override.
+    # The demo comparison's Bridge-Net cell needs three runs (the encoder's tagging, the Q-Former's
+    # stage 1, the Bridge-Net's stage 1); run from another folder, as a user would, with the tiny override.
     cmd = [sys.executable, "-m", "bridgebench", "sweep", os.path.join(ROOT, "experiments", "sweeps", "demo_bridges.yaml"),
            "--tiny", "--cells", "bridgenet", "--report", "2", "--", "--trainer.max_steps=2"]
     first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for need in ("demo_stage1-tiny", "demo_bridgenet_stage1-tiny"):
+    for need in ("demo_encoder-tiny", "demo_stage1-tiny", "demo_bridgenet_stage1-tiny"):
         assert (tmp_path / "runs" / need / "fit.done").exists()
         assert (tmp_path / "runs" / need / "metrics.json").exists()  # tested, for the stage-1 columns
     run_dir = tmp_path / "runs" / "sweeps" / "demo_bridges-tiny" / "bridgenet" / "seed0"
@@ -111,7 +111,7 @@ def test_sweep_needs_are_fitted_once_in_their_presets_folders_and_cells_report_s
     assert float(cols["fit min"]) > 0 and float(cols["needs fit min"]) > 0
     second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    assert second.stdout.count("fitted earlier") == 2 and "finished earlier, skipped" in second.stdout
+    assert second.stdout.count("fitted earlier") == 3 and "finished earlier, skipped" in second.stdout
     assert "fitting in" not in second.stdout and "running in" not in second.stdout
 
 
@@ -126,21 +126,21 @@ def test_report_command_shows_clips_labels_and_metrics(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
-def test_caption_rebuilds_a_frozen_encoder_that_stage1_trained(tmp_path):
+def test_caption_rebuilds_a_frozen_encoder_that_an_earlier_run_trained(tmp_path):
     import torch
 
     from bridgebench.caption import load_run
 
     stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
     common = ["--config", TINY, "--trainer.max_steps=2"]
-    run(["fit", "--config", os.path.join(ROOT, "experiments", "demo_stage1.yaml"), *common,
+    run(["fit", "--config", os.path.join(ROOT, "experiments", "demo_encoder.yaml"), *common,
          f"--trainer.default_root_dir={stage1}"])
     ckpt = stage1 / "checkpoints" / "last.ckpt"
     run(["fit", "--config", os.path.join(ROOT, "experiments", "demo_linear_pool.yaml"), *common,
          f"--trainer.default_root_dir={stage2}", f"--model.encoder_checkpoint={ckpt}", "--data.features=audio"])
     trained = {k[len("encoder."):]: v for k, v in torch.load(ckpt, weights_only=True)["state_dict"].items()
                if k.startswith("encoder.")}
-    assert trained  # stage 1 trained the encoder, so its checkpoint holds it
+    assert trained  # the tagging run trained the encoder, so its checkpoint holds it
     module, _ = load_run(str(stage2))
     own = module.encoder.state_dict()
     assert all(torch.equal(own[k], v) for k, v in trained.items())
