@@ -393,7 +393,7 @@ def validate_config(
     if encoder_checkpoint is not None and not os.path.isfile(os.path.expanduser(encoder_checkpoint)):
         raise ConfigError(
             f"model.encoder_checkpoint: '{encoder_checkpoint}' does not exist; run the stage-1 preset that "
-            "trains the encoder first (e.g. make exp NAME=demo_stage1) or fix the path"
+            "trains the encoder first (e.g. make exp NAME=demo_encoder) or fix the path"
         )
     if stage1 is not None:
         _check_name("model.stage1.projection", stage1.projection, ("linear", "mlp"))

@@ -122,7 +122,7 @@ class BridgeModule(L.LightningModule):
             the bridge when ``encoder_checkpoint`` is set).
         encoder_checkpoint: A run's checkpoint whose trained encoder initialises this encoder (its
             bridge is ignored): one encoder trained in stage 1 shared by other bridges, e.g. the
-            demo's Bridge-Net and linear_pool runs reuse the encoder that demo_stage1 trained.
+            demo's stage-1 and stage-2 runs reuse the encoder that demo_encoder trained by tagging.
         prompt_init: ``default`` (PyTorch's init of the bridge's output layer, as the papers) or
             ``embedding_scale``: rescale that fresh layer so the soft prompt starts at the LLM's
             word-embedding scale. A default Linear from a LayerNorm'd 384-wide Q-Former gives prompt

@@ -130,7 +130,7 @@ def _build_clap(out: Path) -> None:
 
 
 def _build_clap_small(out: Path) -> None:
-    # A small HTS-AT (about 1 M parameters) to train from scratch: the demo's audio encoder.
+    # A small HTS-AT (about 1 M parameters) to train from scratch (the demo used it before the cnn encoder).
     _save_clap(out, patch_embeds_hidden_size=32, depths=[1, 1, 2, 1], num_attention_heads=[2, 4, 8, 8],
                hidden_size=256, projection_dim=128, drop_path_rate=0.0)
 
