@@ -61,7 +61,7 @@ def test_editing_one_line_of_a_preset_swaps_one_component(line, replacement, tmp
 
 @pytest.mark.parametrize("flag,expected", [
     ("--model.bridge.name=qformr", "error: model.bridge.name: unknown name 'qformr'; choose one of: qformer, bridgenet, linear_pool"),
-    ("--model.encoder.name=wav2vec", "error: model.encoder.name: unknown name 'wav2vec'; choose one of: clap, mert, data2vec"),
+    ("--model.encoder.name=wav2vec", "error: model.encoder.name: unknown name 'wav2vec'; choose one of: clap, mert, data2vec, cnn"),
     ("--model.llm.name=gpt", "error: model.llm.name: unknown name 'gpt'; choose one of: seq2seq, causal, none"),
     ("--model.llm.seq2seq.pretrained=./missing/flan-t5", "error: model.llm.seq2seq.pretrained: checkpoint path './missing/flan-t5' does not exist; fix the path or use a hub id"),
     ("--model.encoder.clap.pretrained=/nowhere/music_audioset.pt", "error: model.encoder.clap.pretrained: checkpoint path '/nowhere/music_audioset.pt' does not exist; fix the path or use a hub id"),
