@@ -35,6 +35,19 @@ class AudioEncoder(nn.Module):
     def identity(self) -> str:
         raise NotImplementedError
 
+    def fixed_window(self, audio: torch.Tensor, audio_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-pad (and mask) a batch to the encoder's fixed window of ``self.clip_samples``; a longer
+        batch is an error, since the datamodule crops to ``max_seconds``."""
+        missing = self.clip_samples - audio.shape[1]
+        if missing > 0:
+            return nn.functional.pad(audio, (0, missing)), nn.functional.pad(audio_mask, (0, missing))
+        if missing < 0:
+            raise ValueError(
+                f"{type(self).__name__} takes at most {self.max_seconds} s ({self.clip_samples} samples); got "
+                f"{audio.shape[1]}. The datamodule crops to the encoder's max_seconds."
+            )
+        return audio, audio_mask
+
     def trainable_when_frozen(self) -> list[str]:
         """Names of parameters that train even when the encoder is frozen (e.g. learned layer weights)."""
         return []

@@ -75,15 +75,7 @@ class ClapEncoder(AudioEncoder):
         self.clip_samples = int(round(clip_seconds * self.sample_rate))
 
     def forward(self, audio, audio_mask):
-        if audio.shape[1] < self.clip_samples:
-            pad = self.clip_samples - audio.shape[1]
-            audio = nn.functional.pad(audio, (0, pad))
-            audio_mask = nn.functional.pad(audio_mask, (0, pad))
-        elif audio.shape[1] > self.clip_samples:
-            raise ValueError(
-                f"ClapEncoder takes at most {self.max_seconds} s ({self.clip_samples} samples); got {audio.shape[1]}. "
-                "The datamodule crops to the encoder's max_seconds."
-            )
+        audio, audio_mask = self.fixed_window(audio, audio_mask)
         dtype = next(self.model.parameters()).dtype
         with self.backbone_grad():
             mel = self.mel(audio).to(dtype).unsqueeze(1)  # [B, 1, frames, mels]

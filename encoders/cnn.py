@@ -89,15 +89,7 @@ class ConvEncoder(AudioEncoder):
         self._config = f"{channels}:{sample_rate}:{clip_seconds}:{n_mels}:{hop}"
 
     def forward(self, audio, audio_mask):
-        if audio.shape[1] < self.clip_samples:
-            pad = self.clip_samples - audio.shape[1]
-            audio = F.pad(audio, (0, pad))
-            audio_mask = F.pad(audio_mask, (0, pad))
-        elif audio.shape[1] > self.clip_samples:
-            raise ValueError(
-                f"ConvEncoder takes at most {self.max_seconds} s ({self.clip_samples} samples); got {audio.shape[1]}. "
-                "The datamodule crops to the encoder's max_seconds."
-            )
+        audio, audio_mask = self.fixed_window(audio, audio_mask)
         dtype = next(self.model.parameters()).dtype
         with self.backbone_grad():
             tokens = self.model(self.mel(audio).to(dtype))
@@ -106,5 +98,6 @@ class ConvEncoder(AudioEncoder):
     def identity(self) -> str:
         ref = self.pretrained
         if os.path.isfile(ref):
-            ref = hashlib.sha1(open(ref, "rb").read()).hexdigest()[:12]
+            with open(ref, "rb") as f:
+                ref = hashlib.sha1(f.read()).hexdigest()[:12]
         return f"cnn:{ref}:{self._config}"
