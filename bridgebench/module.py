@@ -362,7 +362,7 @@ class BridgeModule(L.LightningModule):
         if self.stage1 is not None:
             out.update(self.stage1.losses(self.bridge, feats, mask, text["s1_ids"], text["s1_mask"]))
         if "tag" in self.objectives:
-            out["tag"], _ = self.tagger.loss(feats, mask, batch["tags"])
+            out["tag"] = self.tagger.loss(feats, mask, batch["tags"])
         out["loss"] = sum(self.objectives[k] * out[k] for k in self.objectives)
         return out
 
@@ -461,10 +461,10 @@ class BridgeModule(L.LightningModule):
         if self.tagger is not None:
             rows, self._tag_scores = self._gather(self._tag_scores), []
             if rows:
-                tag_map = mean_average_precision(
-                    torch.tensor([r["logits"] for r in rows]), torch.tensor([r["targets"] for r in rows]))
-                self.log("test/tag_map", tag_map, rank_zero_only=True)
-                self.test_results["tag_map"] = tag_map
+                # Logged only: on_test_end writes every logged metric to metrics.json.
+                self.log("test/tag_map", mean_average_precision(
+                    torch.tensor([r["logits"] for r in rows]), torch.tensor([r["targets"] for r in rows])),
+                    rank_zero_only=True)
         if self.llm is None:
             return
         self._predictions = self._gather(self._predictions)
@@ -482,7 +482,7 @@ class BridgeModule(L.LightningModule):
             if self.eval_spec.attribute_vocabulary:
                 self.test_results.update(attribute_accuracy(self._predictions, self.eval_spec.attribute_vocabulary))
         for name, value in self.test_results.items():
-            if name != "tag_map" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.log(f"test/{name}", float(value), rank_zero_only=True)
 
     def on_test_end(self) -> None:

@@ -48,10 +48,9 @@ class TagHead(nn.Module):
                     out[row, self.index[t]] = 1.0
         return out
 
-    def loss(self, feats: torch.Tensor, mask: torch.Tensor, tag_lists: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, feats: torch.Tensor, mask: torch.Tensor, tag_lists: list[list[str]]) -> torch.Tensor:
         logits = self(feats, mask)
-        targets = self.targets(tag_lists, logits.device)
-        return F.binary_cross_entropy_with_logits(logits, targets), logits
+        return F.binary_cross_entropy_with_logits(logits, self.targets(tag_lists, logits.device))
 
 
 def mean_average_precision(logits: torch.Tensor, targets: torch.Tensor) -> float:
