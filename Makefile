@@ -45,8 +45,9 @@ exp: install ## Fit then test a preset: make exp NAME=blap_stage2 [TINY=1] [ARGS
 	$(PY) -m bridgebench fit $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) $(ARGS)
 	$(PY) -m bridgebench test $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) --ckpt_path=$(RUN_DIR)/checkpoints/last.ckpt $(ARGS)
 
-demo: install ## The main job: encoder tagging, stage 1, then the Q-Former -> frozen SmolLM2 demo on music-synth, with a report
-	$(PY) -m bridgebench sweep experiments/sweeps/demo_bridges.yaml --cells qformer --name demo --report 5 $(if $(ARGS),-- $(ARGS),)
+demo: install ## The main job: encoder tagging, then the pool + MLP bridge -> frozen SmolLM2 on music-synth, with a report
+	# The demo_bridges sweep's linear_pool cell, so `make sweep NAME=demo_bridges` reuses this run.
+	$(PY) -m bridgebench sweep experiments/sweeps/demo_bridges.yaml --cells linear_pool --report 5 $(if $(ARGS),-- $(ARGS),)
 
 sweep: install ## Run a sweep: make sweep NAME=loss_ablation|demo_bridges [TINY=1] [SEEDS="0 1"] [ARGS=...]
 	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)

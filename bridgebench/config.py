@@ -145,6 +145,13 @@ class LinearPoolOptions:
 
     window: int = 325
     """Frames per pooled token; ceil(T/window) tokens, the remainder averaged into one token."""
+    hidden: Optional[int] = None
+    """None: one linear layer (MusiLingo). An int: a hidden layer of that width with GELU before the
+    output layer (LLaVA-1.5's two-layer MLP projector), for encoders whose classes a linear map
+    cannot separate well enough for a frozen LLM."""
+    tokens: int = 1
+    """Soft-prompt vectors per pooled window (1: MusiLingo). More map one window to several vectors,
+    as ClipCap maps one clip embedding to a prefix (e.g. window = the whole clip, tokens: 8)."""
 
 
 @dataclass
@@ -437,6 +444,10 @@ def validate_config(
             )
     elif opts.window < 1:
         raise ConfigError(f"model.bridge.linear_pool.window: {opts.window}; it must be >= 1")
+    elif opts.tokens < 1:
+        raise ConfigError(f"model.bridge.linear_pool.tokens: {opts.tokens}; it must be >= 1")
+    elif opts.hidden is not None and opts.hidden < 1:
+        raise ConfigError(f"model.bridge.linear_pool.hidden: {opts.hidden}; it must be >= 1, or null for one linear layer")
 
     if "tag" in objectives and not encoder.trainable:
         raise ConfigError(

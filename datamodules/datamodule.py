@@ -29,7 +29,7 @@ from bridgebench.datamodules.features import FeatureStore, example_key
 from bridgebench.datamodules.fixtures import BUILTINS
 from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, ManifestError, read_manifest
 
-TASKS = ("caption", "qa")
+TASKS = ("caption", "qa", "caption+qa")
 FEATURE_MODES = ("audio", "cached", "auto")
 CROPS = ("random", "start")
 TRAIN_TARGETS = ("random", "first")
@@ -44,20 +44,25 @@ class Example:
     clip: Clip
     instruction: Optional[str]  # None: drawn from the instruction templates
     targets: list[str]  # one is drawn in training; all are references in evaluation
+    qa: Optional[list[dict]] = None  # set: one of these instruction/answer pairs is drawn per visit
 
 
-def build_examples(clips: list[Clip], task: str, source: str) -> list[Example]:
+def build_examples(clips: list[Clip], task: str, source: str, train: bool = False) -> list[Example]:
+    """A split's examples. ``caption+qa`` gives each training clip two examples, its caption and a
+    question drawn per visit, and evaluates on the captions alone (so caption metrics stay comparable)."""
     out = []
     for clip in clips:
-        if task == "caption":
+        if task in ("caption", "caption+qa"):
             if not clip.captions:
-                raise ManifestError(f"{source}: clip '{clip.id}' has no captions (task: caption)")
+                raise ManifestError(f"{source}: clip '{clip.id}' has no captions (task: {task})")
             out.append(Example(clip, None, clip.captions))
-        else:
+        if task == "qa" or (task == "caption+qa" and train):
             if not clip.qa:
-                raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: qa)")
-            for pair in clip.qa:
-                out.append(Example(clip, pair["instruction"], [pair["answer"]]))
+                raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: {task})")
+            if task == "qa":
+                out.extend(Example(clip, pair["instruction"], [pair["answer"]]) for pair in clip.qa)
+            else:
+                out.append(Example(clip, None, [], qa=clip.qa))
     return out
 
 
@@ -114,6 +119,10 @@ class AudioTextDataset(Dataset):
             if not self.skip_bad_audio:
                 raise
             return {"skip": True, "id": ex.clip.id, "audio_path": ex.clip.audio, "reason": str(err)}
+        if ex.qa is not None:
+            pair = rng.choice(ex.qa)
+            return {"id": ex.clip.id, **signal, "instruction": pair["instruction"], "target": pair["answer"],
+                    "references": [pair["answer"]], "labels": ex.clip.labels, "tags": ex.clip.tags}
         if ex.instruction is not None:
             instruction = ex.instruction
         else:
@@ -204,8 +213,11 @@ class AudioTextDataModule(L.LightningDataModule):
 
     Args:
         manifest: Path of a JSONL manifest, or a built-in set: ``builtin:tones``.
-        task: ``caption`` (target = a caption, instruction = a template) or ``qa`` (the clip's
-            instruction/answer pairs, one example each).
+        task: ``caption`` (target = a caption, instruction = a template), ``qa`` (the clip's
+            instruction/answer pairs, one example each) or ``caption+qa`` (training sees each clip
+            twice an epoch: its caption, and one of its questions drawn per visit; evaluation uses
+            the captions alone). The questions give every step direct targets for single
+            attributes, which a caption names among many words.
         instructions: Instruction templates for ``caption``; training draws one per example,
             evaluation uses the first.
         batch_size: Training batch size per device.
@@ -312,7 +324,7 @@ class AudioTextDataModule(L.LightningDataModule):
         self.setup()
         split = self.splits[role]
         clips = [c for c in self._clips if c.split == split]
-        examples = build_examples(clips, self.task, f"{self.manifest} (split '{split}')")
+        examples = build_examples(clips, self.task, f"{self.manifest} (split '{split}')", train=role == "train")
         if self.limit is not None:
             examples = examples[: self.limit]
         if not examples:

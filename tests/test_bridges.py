@@ -32,6 +32,33 @@ def test_linear_pool_paper_window_gives_three_tokens_for_ten_seconds_of_mert():
     assert out.shape[1] == 3
 
 
+def test_linear_pool_hidden_layer_is_a_gelu_mlp_on_the_window_means():
+    linear = LinearPoolBridge(in_dim=3, out_dim=5, window=4)
+    mlp = LinearPoolBridge(in_dim=3, out_dim=5, window=4, hidden=7)
+    assert sum(p.numel() for p in linear.parameters()) == 3 * 5 + 5
+    assert sum(p.numel() for p in mlp.parameters()) == (3 * 7 + 7) + (7 * 5 + 5)
+    feats = torch.randn(1, 8, 3)
+    out, _ = mlp(feats, torch.ones(1, 8, dtype=torch.bool))
+    first, act = mlp.hidden
+    expected = mlp.proj(torch.nn.functional.gelu(first(feats[0, :4].mean(0))))
+    torch.testing.assert_close(out[0, 0], expected)
+
+
+def test_linear_pool_tokens_expand_each_window_into_a_prefix():
+    bridge = LinearPoolBridge(in_dim=3, out_dim=5, window=62, hidden=7, tokens=4)
+    feats = torch.randn(2, 62, 3)
+    mask = torch.ones(2, 62, dtype=torch.bool)
+    out, out_mask = bridge(feats, mask)
+    assert out.shape == (2, 4, 5) and out_mask.all()
+    # ClipCap's mapping: the one whole-clip mean becomes 4 consecutive soft-prompt vectors.
+    flat = bridge.proj(bridge.hidden(feats[1].mean(0)))
+    torch.testing.assert_close(out[1], flat.view(4, 5))
+    two = LinearPoolBridge(in_dim=3, out_dim=5, window=4, tokens=2)
+    mask[0, 4:] = False  # the second window of clip 0 is padding: both of its vectors are masked
+    _, m = two(feats[:, :8], mask[:, :8])
+    assert m.tolist() == [[True, True, False, False], [True] * 4]
+
+
 def test_qformer_initialisation_follows_blip2():
     config, bert, _ = load_bert("tiny", "bert")
     bert = {k.removeprefix("bert."): v for k, v in bert.items()}

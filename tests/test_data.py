@@ -114,6 +114,22 @@ def test_encoder_window_caps_the_crop_and_qa_gives_one_example_per_pair():
     assert len(item["audio"]) == 16_000 and item["instruction"].endswith("?")
 
 
+def test_caption_plus_qa_trains_on_both_and_evaluates_on_captions():
+    dm = AudioTextDataModule(manifest="builtin:tones", task="caption+qa", batch_size=2, num_workers=0, clip_seconds=1.0)
+    dm.connect(_contract(sample_rate=16_000))
+    train, val = dm.dataset("train"), dm.dataset("val")
+    clips = [c for c in dm._clips if c.split == "train"]
+    assert len(train) == 2 * len(clips) and len(val) == len([c for c in dm._clips if c.split == "val"])
+    visits = [(train.examples[i], train[(i, e)]) for i in range(len(train)) for e in range(4)]
+    asked = [(ex, item) for ex, item in visits if ex.qa is not None]
+    assert len(asked) == len(visits) // 2
+    # Each question visit is one of that clip's own instruction/answer pairs, drawn anew per epoch.
+    assert all({"instruction": it["instruction"], "answer": it["target"]} in ex.qa for ex, it in asked)
+    assert len({it["instruction"] for _, it in asked}) > 1
+    assert all(it["target"] in ex.clip.captions for ex, it in visits if ex.qa is None)
+    assert all(val[i]["references"] == val.examples[i].clip.captions for i in range(len(val)))
+
+
 def test_padding_mask_marks_real_samples(tmp_path):
     for name, seconds in (("long.wav", 1.0), ("short.wav", 0.25)):
         _tone(tmp_path / name, sr=16_000, seconds=seconds, channels=1)
