@@ -54,8 +54,9 @@ def load_run(ref: str, device: str = "cpu"):
     # the stage-1 checkpoint the run started from (its path is in the hyper-parameters).
     extra = {k: hp[k] for k in ("stage1_checkpoint", "stage1_parts", "encoder_checkpoint", "prompt_init",
                                  "check_finite") if hp.get(k) is not None}
-    module = BridgeModule(**kwargs, objectives=hp.get("objectives"), frozen_dtype=hp.get("frozen_dtype", "auto"),
-                          **extra)
+    # Captioning only generates: the run's evaluation dtype, where it set one.
+    dtype = hp.get("eval_frozen_dtype") or hp.get("frozen_dtype", "auto")
+    module = BridgeModule(**kwargs, objectives=hp.get("objectives"), frozen_dtype=dtype, **extra)
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=False)
     module.eval().to(device)
