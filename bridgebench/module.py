@@ -269,7 +269,10 @@ class BridgeModule(L.LightningModule):
     def _llm_storage(self, evaluating: bool) -> None:
         if self.eval_frozen_dtype is None or self.llm is None or self.llm.mode != "frozen":
             return
-        self.llm.hf.to(self.eval_frozen_dtype if evaluating else self.frozen_dtype)
+        # Lightning calls these hooks under inference mode; weights cast there would be inference
+        # tensors, which a later training step cannot save for backward.
+        with torch.inference_mode(False):
+            self.llm.hf.to(self.eval_frozen_dtype if evaluating else self.frozen_dtype)
 
     def on_validation_start(self) -> None:
         self._llm_storage(evaluating=True)
