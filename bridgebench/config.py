@@ -383,6 +383,7 @@ def validate_model_section(model: dict, check_stage1: bool = True) -> None:
         model.get("frozen_dtype", "auto"),
         spec_from_dict(Stage1Spec, model.get("stage1") or {}),
         model.get("encoder_checkpoint") if check_stage1 else None,
+        model.get("eval_frozen_dtype"),
     )
 
 
@@ -395,6 +396,7 @@ def validate_config(
     frozen_dtype: str = "auto",
     stage1: Optional[Stage1Spec] = None,
     encoder_checkpoint: Optional[str] = None,
+    eval_frozen_dtype: Optional[str] = None,
 ) -> None:
     """Check component names, options and paths. Raises one ConfigError line per problem found first."""
     if encoder_checkpoint is not None and not os.path.isfile(os.path.expanduser(encoder_checkpoint)):
@@ -409,6 +411,9 @@ def validate_config(
     _check_name("model.llm.name", llm.name, LLM_KINDS)
     _check_name("model.llm.mode", llm.mode, LLM_MODES)
     _check_name("model.frozen_dtype", frozen_dtype, FROZEN_DTYPES)
+    if eval_frozen_dtype is not None and eval_frozen_dtype not in FROZEN_DTYPES[1:]:
+        raise ConfigError(f"model.eval_frozen_dtype: unknown '{eval_frozen_dtype}'; choose one of: "
+                          f"{', '.join(FROZEN_DTYPES[1:])}, or null")
     if not objectives:
         raise ConfigError("model.objectives: empty; enable at least one objective, e.g. {lm: 1.0}")
     for name, weight in objectives.items():

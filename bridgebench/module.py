@@ -26,7 +26,6 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from bridgebench.bridges.objectives import Stage1Heads
 from bridgebench.config import (
-    FROZEN_DTYPES,
     STAGE1_OBJECTIVES,
     BridgeSpec,
     ConfigError,
@@ -164,10 +163,8 @@ class BridgeModule(L.LightningModule):
     ):
         super().__init__()
         objectives = dict(objectives or {"lm": 1.0})
-        validate_config(encoder, bridge, llm, objectives, stage1_checkpoint, frozen_dtype, stage1, encoder_checkpoint)
-        if eval_frozen_dtype is not None and eval_frozen_dtype not in FROZEN_DTYPES[1:]:
-            raise ConfigError(f"model.eval_frozen_dtype: unknown '{eval_frozen_dtype}'; choose one of: "
-                              f"{', '.join(FROZEN_DTYPES[1:])}, or null")
+        validate_config(encoder, bridge, llm, objectives, stage1_checkpoint, frozen_dtype, stage1, encoder_checkpoint,
+                        eval_frozen_dtype)
         # Plain dicts, so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters({
             "encoder": asdict(encoder), "bridge": asdict(bridge), "llm": asdict(llm), "objectives": objectives,

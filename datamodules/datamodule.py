@@ -121,15 +121,16 @@ class AudioTextDataset(Dataset):
             return {"skip": True, "id": ex.clip.id, "audio_path": ex.clip.audio, "reason": str(err)}
         if ex.qa is not None:
             pair = rng.choice(ex.qa)
-            return {"id": ex.clip.id, **signal, "instruction": pair["instruction"], "target": pair["answer"],
-                    "references": [pair["answer"]], "labels": ex.clip.labels, "tags": ex.clip.tags}
-        if ex.instruction is not None:
-            instruction = ex.instruction
+            instruction, target, references = pair["instruction"], pair["answer"], [pair["answer"]]
         else:
-            instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
-        target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
+            if ex.instruction is not None:
+                instruction = ex.instruction
+            else:
+                instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
+            target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
+            references = list(ex.targets)
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
-                "references": list(ex.targets), "labels": ex.clip.labels, "tags": ex.clip.tags}
+                "references": references, "labels": ex.clip.labels, "tags": ex.clip.tags}
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
