@@ -283,6 +283,11 @@ class BridgeModule(L.LightningModule):
     def on_predict_start(self) -> None:
         self._llm_storage(evaluating=True)
 
+    def on_predict_end(self) -> None:
+        # `data.features: auto` fills the feature cache with a predict loop inside fit; training
+        # after it must run in frozen_dtype again (it ran in float32 at 1.5x the step time before).
+        self._llm_storage(evaluating=False)
+
     # === Freezing ===
 
     def train(self, mode: bool = True):

@@ -149,7 +149,10 @@ def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
     args = ["--config", os.path.join(root, "experiments", "blap_stage2.yaml"),
             "--config", os.path.join(root, "experiments", "tiny.yaml"),
             "--data.features=auto", f"--data.feature_cache={tmp_path / 'cache'}",
-            "--trainer.max_steps=2", "--trainer.limit_val_batches=0"]
+            "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+            # The cache pass is a predict loop inside fit: the frozen LLM must train in its training
+            # dtype afterwards, not in the evaluation dtype that predicting casts it to.
+            "--model.frozen_dtype=bfloat16", "--model.eval_frozen_dtype=float32"]
     losses = []
     for attempt in range(2):
         caplog.clear()
@@ -163,6 +166,7 @@ def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
         else:
             assert "wrote 0 clip(s)" in report[0], report
         assert cli.datamodule.features == "auto"
+        assert next(cli.model.llm.hf.parameters()).dtype == torch.bfloat16
         losses.append(float(cli.trainer.callback_metrics["train/loss"]))
     # Filling the cache first does not move the run's random streams: both runs train alike.
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
