@@ -136,10 +136,11 @@ class BridgeModule(L.LightningModule):
             pay the compile time. A speed switch for GPUs (see ``bench/gpu.py``).
         frozen_dtype: Storage dtype of frozen modules: auto (bf16 on GPUs that support it, else
             float32), float32, bfloat16 or float16.
-        eval_frozen_dtype: Storage dtype of a frozen LLM while validating, testing and predicting
-            (None: ``frozen_dtype``). CPUs with AMX train faster in bf16 but generate far slower
-            (measured: the demo's test took 7 min in bf16 against 2 in float32, as every new
-            sequence length re-packs the weights), so a CPU run can train in bf16 and generate in float32.
+        eval_frozen_dtype: Storage dtype of a frozen LLM (of a LoRA LLM's base weights) while
+            validating, testing and predicting (None: ``frozen_dtype``). CPUs with AMX train faster
+            in bf16 but generate far slower (measured: the demo's test took 7 min in bf16 against 2
+            in float32, as every new sequence length re-packs the weights), so a CPU run can train
+            in bf16 and generate in float32.
     """
 
     def __init__(
@@ -264,12 +265,20 @@ class BridgeModule(L.LightningModule):
             proj.bias.zero_()
 
     def _llm_storage(self, evaluating: bool) -> None:
-        if self.eval_frozen_dtype is None or self.llm is None or self.llm.mode != "frozen":
+        if self.eval_frozen_dtype is None or self.llm is None or self.llm.mode == "full":
             return
+        dtype = self.eval_frozen_dtype if evaluating else self.frozen_dtype
         # Lightning calls these hooks under inference mode; weights cast there would be inference
         # tensors, which a later training step cannot save for backward.
         with torch.inference_mode(False):
-            self.llm.hf.to(self.eval_frozen_dtype if evaluating else self.frozen_dtype)
+            if self.llm.mode == "frozen":
+                self.llm.hf.to(dtype)
+                return
+            # LoRA: only the frozen base weights change dtype. The adapters train in float32 and the
+            # optimizer holds them, so they keep their dtype and stay the same Parameter objects.
+            for p in self.llm.parameters():
+                if not p.requires_grad and p.is_floating_point():
+                    p.data = p.data.to(dtype)
 
     def on_validation_start(self) -> None:
         self._llm_storage(evaluating=True)

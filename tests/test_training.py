@@ -232,6 +232,33 @@ def test_lora_mode_trains_adapters_only():
     assert all(p.grad is None for n, p in m.llm.named_parameters() if not p.requires_grad)
 
 
+def test_eval_frozen_dtype_casts_a_lora_llms_base_weights_and_keeps_the_adapters_float32():
+    from conftest import tiny_specs
+
+    from bridgebench.module import BridgeModule
+
+    specs = tiny_specs(llm="causal", bridge="linear_pool")
+    specs["llm"].mode = "lora"
+    specs.update(frozen_dtype="bfloat16", eval_frozen_dtype="float32")
+    m = BridgeModule(**specs)
+    adapters = {n: p for n, p in m.llm.named_parameters() if p.requires_grad}
+    base = lambda: {p.dtype for p in m.llm.parameters() if not p.requires_grad}  # noqa: E731
+    assert base() == {torch.bfloat16} and all(p.dtype == torch.float32 for p in adapters.values())
+    with torch.inference_mode():  # as Lightning calls the hooks
+        m.on_validation_start()
+        assert base() == {torch.float32}
+        assert all(isinstance(t, str) for t in m.generate(tiny_batch(m, train=False)))
+        m.on_validation_end()
+    assert base() == {torch.bfloat16}
+    # The adapters are the same float32 parameters (the optimizer holds them), and they still train.
+    now = {n: p for n, p in m.llm.named_parameters() if p.requires_grad}
+    assert now.keys() == adapters.keys() and all(now[n] is adapters[n] for n in now)
+    assert all(p.dtype == torch.float32 and not p.is_inference() for p in now.values())
+    m.train()
+    m.losses(tiny_batch(m))["loss"].backward()
+    assert all(p.grad is not None for p in now.values())
+
+
 @pytest.mark.parametrize("llm", ["seq2seq", "causal"])
 def test_batched_candidate_scoring_equals_a_loop_over_candidates(llm):
     """Vocabulary ranking: the batched NLL of every candidate equals scoring each one alone."""
