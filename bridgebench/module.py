@@ -268,14 +268,11 @@ class BridgeModule(L.LightningModule):
         if self.eval_frozen_dtype is None or self.llm is None or self.llm.mode == "full":
             return
         dtype = self.eval_frozen_dtype if evaluating else self.frozen_dtype
-        # Lightning calls these hooks under inference mode; weights cast there would be inference
-        # tensors, which a later training step cannot save for backward.
+        # Frozen parameters only, in place: buffers (RoPE frequencies) keep the dtype from_pretrained
+        # gave them, and a LoRA LLM's adapters train in float32 and stay the Parameter objects the
+        # optimizer holds. Lightning calls these hooks under inference mode; weights cast there would
+        # be inference tensors, which a later training step cannot save for backward.
         with torch.inference_mode(False):
-            if self.llm.mode == "frozen":
-                self.llm.hf.to(dtype)
-                return
-            # LoRA: only the frozen base weights change dtype. The adapters train in float32 and the
-            # optimizer holds them, so they keep their dtype and stay the same Parameter objects.
             for p in self.llm.parameters():
                 if not p.requires_grad and p.is_floating_point():
                     p.data = p.data.to(dtype)

@@ -115,7 +115,9 @@ def test_generation_from_soft_prompts_returns_text(llm):
 def test_eval_frozen_dtype_generates_in_its_dtype_and_trains_in_frozen_dtype():
     m = tiny_module(llm="causal", bridge="linear_pool", frozen_dtype="bfloat16", eval_frozen_dtype="float32")
     dtype = lambda: next(m.llm.hf.parameters()).dtype  # noqa: E731
-    assert dtype() == torch.bfloat16
+    buffers = lambda: {n: b.dtype for n, b in m.llm.hf.named_buffers() if b.is_floating_point()}  # noqa: E731
+    loaded = buffers()
+    assert dtype() == torch.bfloat16 and loaded
     with torch.inference_mode():  # as Lightning calls the hooks
         m.on_validation_start()
         assert dtype() == torch.float32
@@ -123,6 +125,7 @@ def test_eval_frozen_dtype_generates_in_its_dtype_and_trains_in_frozen_dtype():
         assert all(isinstance(t, str) for t in m.generate(batch))  # float32 soft prompts into a float32 LLM
         m.on_validation_end()  # back to training inside fit
     assert dtype() == torch.bfloat16
+    assert buffers() == loaded  # RoPE frequencies stay as loaded (float32), not cast to bf16
     # Training goes on: the re-cast weights are ordinary tensors that backward can use.
     assert not any(p.is_inference() for p in m.llm.hf.parameters())
     m.losses(tiny_batch(m))["lm"].backward()
