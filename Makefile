@@ -41,13 +41,13 @@ test: install ## Run the default test suite (no slow/network/gpu tests)
 test-full: install ## Run every test, slow/network/gpu included (needs hub access and a GPU for some)
 	$(PY) -m pytest -q -m "" 
 
-exp: install ## Fit then test a preset: make exp NAME=blap_stage2 [TINY=1] [ARGS="--trainer.devices=2"]
-	$(PY) -m bridgebench fit $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) $(ARGS)
+exp: install ## Fit (or resume) then test a preset: make exp NAME=blap_stage2 [TINY=1] [ARGS="--trainer.devices=2"]
+	$(PY) -m bridgebench fit $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) --ckpt_path=last $(ARGS)
 	$(PY) -m bridgebench test $(CONFIGS) --trainer.default_root_dir=$(RUN_DIR) --ckpt_path=$(RUN_DIR)/checkpoints/last.ckpt $(ARGS)
 
 demo: install ## The main job: encoder tagging, then the pool + MLP bridge -> frozen SmolLM2 on music-synth, with a report
-	# The demo_bridges sweep's linear_pool cell, so `make sweep NAME=demo_bridges` reuses this run.
-	$(PY) -m bridgebench sweep experiments/sweeps/demo_bridges.yaml --cells linear_pool --report 5 $(if $(ARGS),-- $(ARGS),)
+	# A one-cell sweep (experiments/sweeps/demo.yaml) sharing its encoder run with demo_bridges.
+	$(PY) -m bridgebench sweep experiments/sweeps/demo.yaml --report 5 $(if $(ARGS),-- $(ARGS),)
 
 sweep: install ## Run a sweep: make sweep NAME=loss_ablation|demo_bridges [TINY=1] [SEEDS="0 1"] [ARGS=...]
 	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(ARGS),-- $(ARGS),)

@@ -19,9 +19,10 @@ import torch
 
 
 def build(preset: str, tiny: bool, root: str):
-    from bridgebench.cli import BridgeCLI, quiet_libraries
+    from bridgebench.engine.lightning_cli import BridgeCLI
+    from bridgebench.runtime.env import quiet_libraries
     from bridgebench.datamodules import AudioTextDataModule
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     quiet_libraries()
     args = ["--config", f"experiments/{preset}.yaml"] + (["--config", "experiments/tiny.yaml"] if tiny else [])
@@ -54,10 +55,10 @@ def timed_steps(module, loader, steps: int) -> float:
 def compare(cli, steps: int) -> tuple[dict, dict]:
     """Fill the train split's cache, then time ``steps`` steps per mode ({mode: seconds per step}) and
     the loss of one identical batch per mode ({mode: loss})."""
-    from bridgebench.cache import fill_cache
+    from bridgebench.engine.feature_cache import fill_cache
 
     module, dm = cli.model, cli.datamodule
-    fill_cache(module, dm, cli.trainer, roles=("train",))
+    fill_cache(module, dm, roles=("train",))
     results = {}
     for mode in ("audio", "cached"):
         dm.features, dm.train_crop = mode, "start"

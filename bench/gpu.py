@@ -79,7 +79,7 @@ TOKENIZER_FAMILY = {"bert": "bert", "t5": "t5", "llama": "llama"}
 
 def write_folders(out: Path, tiny: bool) -> dict:
     """One folder per component: config.json (paper size, or the tiny family's) + a local tokenizer."""
-    from bridgebench.tiny import tiny_checkpoint
+    from bridgebench.runtime.tiny import tiny_checkpoint
 
     family = {"clap": "clap", "bert": "bert", "t5": "t5", "data2vec": "data2vec", "mert": "mert", "llama": "llama"}
     configs = None if tiny else paper_configs()
@@ -128,8 +128,8 @@ def build_module(preset: str, folders: dict, device: torch.device, compile_: boo
     """The preset's model section with every pretrained reference pointed at ``folders``."""
     import yaml
 
-    from bridgebench.config import BridgeSpec, EncoderSpec, GenerationSpec, LLMSpec, spec_from_dict
-    from bridgebench.module import BridgeModule
+    from bridgebench.specs import BridgeSpec, EncoderSpec, GenerationSpec, LLMSpec, PrecisionSpec, spec_from_dict
+    from bridgebench.engine.module import BridgeModule
 
     model = yaml.safe_load(open(ROOT / "experiments" / f"{preset}.yaml"))["model"]
     enc, bridge, llm = (spec_from_dict(EncoderSpec, model["encoder"]), spec_from_dict(BridgeSpec, model["bridge"]),
@@ -148,7 +148,8 @@ def build_module(preset: str, folders: dict, device: torch.device, compile_: boo
     compile_ = variant.get("compile", compile_)
     with random_weights(device), torch.device(device):
         module = BridgeModule(encoder=enc, bridge=bridge, llm=llm, objectives={"lm": 1.0},
-                              generation=GenerationSpec(num_beams=1), frozen_dtype=dtype, compile=compile_)
+                              generation=GenerationSpec(num_beams=1), precision=PrecisionSpec(dtype),
+                              compile=compile_)
     return module.to(device)
 
 

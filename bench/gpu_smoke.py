@@ -1,5 +1,5 @@
 """GPU smoke check of the stage-2 path the presets use on clusters: bf16-mixed, DDP strategy, frozen
-modules stored in bf16 (``frozen_dtype: auto``), for every LLM kind and a Q-Former and a linear bridge.
+modules stored in bf16 (``precision.frozen: auto``), for every LLM kind and a Q-Former and a linear bridge.
 
 Needs no data files or audio libraries (synthetic waveforms), so it runs on a bare GPU image:
     python bench/gpu_smoke.py [--out bench/gpu_smoke.json]
@@ -20,10 +20,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bridgebench.config import (BridgeNetOptions, BridgeSpec, CausalOptions, ClapOptions, EncoderSpec,
+from bridgebench.specs import (BridgeNetOptions, BridgeSpec, CausalOptions, ClapOptions, EncoderSpec,
                                 GenerationSpec, LinearPoolOptions, LLMSpec, MertOptions, QFormerOptions,
-                                Seq2SeqOptions)
-from bridgebench.module import BridgeModule, TextProcessor
+                                PrecisionSpec, Seq2SeqOptions)
+from bridgebench.datamodules.contract import TextProcessor
+from bridgebench.engine.module import BridgeModule
 
 
 class Synthetic(Dataset):
@@ -56,7 +57,7 @@ def check(encoder: str, bridge: str, llm: str, steps: int, accelerator: str, pre
         bridge=BridgeSpec(name=bridge, qformer=QFormerOptions(bert="tiny", num_queries=8),
                           bridgenet=BridgeNetOptions(bert="tiny", num_queries=8), linear_pool=LinearPoolOptions(window=8)),
         llm=LLMSpec(name=llm, seq2seq=Seq2SeqOptions(pretrained="tiny"), causal=CausalOptions(pretrained="tiny")),
-        generation=GenerationSpec(num_beams=2, max_new_tokens=8), frozen_dtype="auto")
+        generation=GenerationSpec(num_beams=2, max_new_tokens=8), precision=PrecisionSpec("auto"))
     data = Synthetic(module)
     loader = DataLoader(data, batch_size=8, collate_fn=data.collate)
     before = {k: v.detach().clone() for k, v in module.bridge.state_dict().items()}

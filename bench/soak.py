@@ -34,9 +34,10 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/soak.json")
     args = parser.parse_args()
 
-    from bridgebench.cli import BridgeCLI, quiet_libraries
+    from bridgebench.engine.lightning_cli import BridgeCLI
+    from bridgebench.runtime.env import quiet_libraries
     from bridgebench.datamodules import AudioTextDataModule
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     quiet_libraries()
     probe = RssProbe()

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bridgebench.bridges.base import Bridge
+from bridgebench.bridges.base import Bridge, output_init_problems
+from bridgebench.runtime.references import pretrained_problem
 
 
 class QFormerAttention(nn.Module):
@@ -225,11 +226,22 @@ class QFormerLMHead(nn.Module):
         return F.linear(h, self.word_embeddings[0].weight, self.predictions.bias)
 
 
+def check_options(opts, key: str) -> list[str]:
+    """Checks of ``qformer``/``bridgenet`` options beyond their declared ranges."""
+    out = [p for p in [pretrained_problem(f"{key}.bert", opts.bert)] if p]
+    out += output_init_problems(opts.output_init, f"{key}.output_init")
+    if opts.standardize_queries and opts.dropout != 0:
+        out.append(f"{key}.standardize_queries needs {key}.dropout: 0 (got {opts.dropout}); standardising divides "
+                   "by the across-batch spread, which dropout noise would dominate, so eval prompts would differ "
+                   "from the trained ones")
+    return out
+
+
 def load_bert(reference: str, key: str):
     """Config, state dict and tokenizer of a BERT checkpoint (hub id, folder, ``pkg:``, ``tiny``)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from bridgebench.paths import resolve_pretrained
+    from bridgebench.runtime.references import resolve_pretrained
 
     path = resolve_pretrained(reference, key, family="bert")
     config = AutoConfig.from_pretrained(path)
@@ -274,8 +286,9 @@ class QFormerBridge(Bridge):
     def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
                  gradient_checkpointing: bool = False, with_text: bool = False, standardize_queries: bool = False,
-                 dropout: Optional[float] = None):
+                 dropout: Optional[float] = None, output_init: str = "default"):
         super().__init__()
+        self.output_init = output_init
         config, state, tokenizer = load_bert(bert, "model.bridge.bert")
         if num_layers is not None:
             config.num_hidden_layers = num_layers
@@ -319,6 +332,9 @@ class QFormerBridge(Bridge):
     def _text_inputs(self, text) -> dict:
         return {}
 
+    def output_layer(self) -> Optional[nn.Linear]:
+        return self.proj
+
     def stage1_only_keys(self) -> tuple[str, ...]:
         # Stage-1 text-branch weights a stage-2 Q-Former has no place for (LAVIS deletes them).
         return ("qformer.embeddings.word_embeddings", "qformer.embeddings.position_embeddings",
@@ -334,10 +350,10 @@ class BridgeNetBridge(QFormerBridge):
     def __init__(self, in_dim: int, out_dim: Optional[int], bert: str = "bert-base-uncased", num_queries: int = 32,
                  cross_attention_freq: int = 2, num_layers: Optional[int] = None, max_text_tokens: int = 128,
                  gradient_checkpointing: bool = False, with_text: bool = True, standardize_queries: bool = False,
-                 dropout: Optional[float] = None):
+                 dropout: Optional[float] = None, output_init: str = "default"):
         super().__init__(in_dim, out_dim, bert, num_queries, cross_attention_freq, num_layers, max_text_tokens,
                          gradient_checkpointing, with_text=True, standardize_queries=standardize_queries,
-                         dropout=dropout)
+                         dropout=dropout, output_init=output_init)
         self.text_processor = BertTokens(self.tokenizer, max_text_tokens, "left", "bridge")
 
     def _text_inputs(self, text) -> dict:

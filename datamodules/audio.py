@@ -17,9 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-
-class AudioError(ValueError):
-    """A clip that cannot be used, with the file and the reason in the message."""
+from bridgebench.errors import AudioError
 
 
 def wav_truncation(path: str) -> Optional[str]:
@@ -52,6 +50,8 @@ def load_audio(path: str, sample_rate: int, start: float = 0.0, end: Optional[fl
     """
     if not os.path.exists(path):
         raise AudioError(f"{path}: file does not exist")
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a folder, not an audio file")
     if os.path.getsize(path) == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     reason = wav_truncation(path)
@@ -69,7 +69,7 @@ def load_audio(path: str, sample_rate: int, start: float = 0.0, end: Optional[fl
             if first > 0:
                 f.seek(min(first, f.frames))
             data = f.read(max(0, last - first), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as err:
         raise AudioError(f"{path}: cannot decode audio ({err})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no audio samples between {start} s and {end if end is not None else 'the end'}")

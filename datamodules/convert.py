@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridgebench.datamodules.manifest import ManifestError, write_manifest
+from bridgebench.errors import ConfigError
+from bridgebench.runtime.io import ensure_file_target
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {
@@ -1178,13 +1180,15 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             parser.error(f"--option {item!r}: expected KEY=VALUE")
         options[key.strip()] = _option_value(value)
+    ensure_file_target(args.output, "output")
     try:
         counts = convert(
             args.format, args.source, args.output, args.audio_root, args.audio_pattern, args.split, **options
         )
-    except ValueError as err:  # ManifestError included
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except ManifestError:
+        raise
+    except ValueError as err:  # a converter option or pattern that cannot be used
+        raise ConfigError(str(err)) from None
     print(json.dumps(counts))
     return 0
 

@@ -24,10 +24,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from bridgebench.datamodules.audio import AudioError, load_audio
+from bridgebench.datamodules.audio import load_audio
 from bridgebench.datamodules.features import FeatureStore, example_key
 from bridgebench.datamodules.fixtures import BUILTINS
-from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, ManifestError, read_manifest
+from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, read_manifest
+from bridgebench.errors import AudioError, ConfigError, ConfigProblems, FeatureCacheMiss, ManifestError
 
 TASKS = ("caption", "qa", "caption+qa")
 FEATURE_MODES = ("audio", "cached", "auto")
@@ -35,8 +36,39 @@ CROPS = ("random", "start")
 TRAIN_TARGETS = ("random", "first")
 
 
-class FeatureCacheMiss(ValueError):
-    """Cached features were asked for but are not in the cache."""
+def check_options(data: dict) -> list[str]:
+    """Every problem of a ``data:`` section (the datamodule's arguments, as parsed), one line each."""
+    out = []
+    for key, options in (("task", TASKS), ("features", FEATURE_MODES), ("train_crop", CROPS),
+                         ("train_target", TRAIN_TARGETS)):
+        if key in data and data[key] not in options:
+            out.append(f"data.{key}: unknown value '{data[key]}'; choose one of: {', '.join(options)}")
+    for key, low, optional in (("batch_size", 1, False), ("eval_batch_size", 1, True), ("num_workers", 0, False),
+                               ("limit", 1, True)):
+        value = data.get(key)
+        if value is None and (optional or key not in data):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            out.append(f"data.{key}: {value!r}; it must be an integer >= {low}" + (" or null" if optional else ""))
+    seconds = data.get("clip_seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+        out.append(f"data.clip_seconds: {seconds!r}; it must be > 0, or null for whole clips")
+    instructions = data.get("instructions")
+    if instructions is not None and (not isinstance(instructions, list) or not instructions
+                                     or not all(isinstance(i, str) for i in instructions)):
+        out.append(f"data.instructions: {instructions!r}; give a non-empty list of instruction strings")
+    splits = data.get("splits") or {}
+    unknown = sorted(set(splits) - {"train", "val", "test", "predict"})
+    if unknown:
+        out.append(f"data.splits: unknown role(s) {unknown}; the roles are train, val, test, predict")
+    manifest = data.get("manifest")
+    if isinstance(manifest, str):
+        if manifest.startswith("builtin:") and manifest not in BUILTINS:
+            out.append(f"data.manifest: unknown built-in set '{manifest}'; known: {', '.join(BUILTINS)}")
+        elif not manifest.startswith("builtin:") and not os.path.isfile(manifest):
+            what = "is a folder, not a manifest file" if os.path.isdir(manifest) else "does not exist"
+            out.append(f"data.manifest: '{manifest}' {what}")
+    return out
 
 
 @dataclass
@@ -187,17 +219,17 @@ class Collate:
                  "tags": [it["tags"] for it in items], "skipped": skipped,
                  "text": self.text(instructions, targets) if items else {}}
         if items and "features" in items[0]:
-            batch["features"], _ = _pad([it["features"] for it in items])
+            batch["features"], _ = pad_batch([it["features"] for it in items])
             valid = torch.tensor([it["valid"] for it in items])
             batch["feature_mask"] = torch.arange(batch["features"].shape[1]).unsqueeze(0) < valid.unsqueeze(1)
         else:
-            batch["audio"], batch["audio_mask"] = _pad([it["audio"] for it in items])
+            batch["audio"], batch["audio_mask"] = pad_batch([it["audio"] for it in items])
         if items and "cache_key" in items[0]:
             batch["cache_key"] = [it["cache_key"] for it in items]
         return batch
 
 
-def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad tensors [T, ...] to [B, T_max, ...] with a bool mask [B, T_max]."""
     longest = max([len(s) for s in seqs] + [0])
     trailing = seqs[0].shape[1:] if seqs else ()
@@ -259,10 +291,12 @@ class AudioTextDataModule(L.LightningDataModule):
         train_target: str = "random",
     ):
         super().__init__()
-        for key, value, options in (("task", task, TASKS), ("features", features, FEATURE_MODES),
-                                    ("train_crop", train_crop, CROPS), ("train_target", train_target, TRAIN_TARGETS)):
-            if value not in options:
-                raise ValueError(f"data.{key}: unknown value '{value}'; choose one of: {', '.join(options)}")
+        problems = check_options(dict(manifest=manifest, task=task, instructions=instructions, batch_size=batch_size,
+                                      eval_batch_size=eval_batch_size, num_workers=num_workers,
+                                      clip_seconds=clip_seconds, splits=splits, limit=limit, features=features,
+                                      train_crop=train_crop, train_target=train_target))
+        if problems:
+            raise ConfigProblems(problems)
         self.features = features
         self.train_crop = train_crop
         self.skip_bad_audio = skip_bad_audio
@@ -316,15 +350,32 @@ class AudioTextDataModule(L.LightningDataModule):
                                f"{MAX_TEXT_CHARS} characters")
             self.text_counts = counts
 
+    def clips(self, role: str) -> list[Clip]:
+        """The clips of a role's split (train, val, test or predict)."""
+        self.setup()
+        return [c for c in self._clips if c.split == self.splits[role]]
+
     def tag_lists(self, role: str = "train") -> list[list[str]]:
         """The ``tags`` of every clip in a role's split (the `tag` objective's vocabulary source)."""
-        self.setup()
-        return [c.tags for c in self._clips if c.split == self.splits[role]]
+        return [c.tags for c in self.clips(role)]
+
+    def target_texts(self, role: str = "train") -> list[str]:
+        """Every caption and answer of a role's split (e.g. the training text, for novelty metrics)."""
+        clips = self.clips(role)
+        return [c for clip in clips for c in clip.captions] + [qa["answer"] for clip in clips for qa in clip.qa]
+
+    def label_values(self, role: str, key: str) -> list[str]:
+        """The distinct values of ``labels[key]`` in a role's split, sorted (list labels flattened)."""
+        values = set()
+        for clip in self.clips(role):
+            if key in clip.labels:
+                v = clip.labels[key]
+                values.update(v if isinstance(v, list) else [v])
+        return sorted(str(v) for v in values)
 
     def dataset(self, role: str) -> AudioTextDataset:
-        self.setup()
         split = self.splits[role]
-        clips = [c for c in self._clips if c.split == split]
+        clips = self.clips(role)
         examples = build_examples(clips, self.task, f"{self.manifest} (split '{split}')", train=role == "train")
         if self.limit is not None:
             examples = examples[: self.limit]
@@ -347,7 +398,7 @@ class AudioTextDataModule(L.LightningDataModule):
         key = self.contract.encoder_key
         if key is None:
             if self.features != "audio":
-                raise ValueError(f"data.features: {self.features} needs a frozen encoder with fixed layers "
+                raise ConfigError(f"data.features: {self.features} needs a frozen encoder with fixed layers "
                                  "(model.encoder.trainable: false, layers not 'weighted')")
             return None
         return FeatureStore.for_encoder(key, os.path.join(self.feature_cache, key) if self.feature_cache else None)

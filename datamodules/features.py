@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bridgebench.paths import cache_dir
+from bridgebench.runtime.paths import cache_dir
 
 
 def weights_fingerprint(module: torch.nn.Module) -> str:
@@ -76,6 +76,10 @@ class FeatureStore:
                         index[key] = shard
             self._index = index
         return self._index
+
+    def refresh(self) -> None:
+        """Forget the index, so shards written by other processes are seen."""
+        self._index = None
 
     def __contains__(self, key: str) -> bool:
         return key in self.index()

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from bridgebench.datamodules.manifest import write_manifest
-from bridgebench.paths import build_once, cache_dir
+from bridgebench.runtime.paths import build_once, cache_dir
 
 VERSION = 1
 SAMPLE_RATE = 16_000

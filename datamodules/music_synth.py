@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from bridgebench.datamodules.manifest import write_manifest
-from bridgebench.paths import build_once, cache_dir
+from bridgebench.runtime.paths import build_once, cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,12 @@ import torch
 from torch import nn
 
 from bridgebench.encoders.base import AudioEncoder, frames_from_samples
+from bridgebench.runtime.references import pretrained_problem
+
+
+def check_options(opts, key: str) -> list[str]:
+    """Checks of ``clap`` options beyond their declared ranges."""
+    return [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained)] if p]
 
 
 class LogMel(nn.Module):

@@ -31,6 +31,13 @@ from bridgebench.encoders.base import AudioEncoder, frames_from_samples
 from bridgebench.encoders.clap import LogMel
 
 
+def check_options(opts, key: str) -> list[str]:
+    """Checks of ``cnn`` options beyond their declared ranges."""
+    if opts.pretrained not in ("scratch", "tiny") and not os.path.isfile(os.path.expanduser(opts.pretrained)):
+        return [f"{key}.pretrained: '{opts.pretrained}' is not scratch, tiny or an existing weights file"]
+    return []
+
+
 class ConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int, pool: tuple[int, int]):
         super().__init__()

@@ -11,11 +11,21 @@ the conv stack's output lengths.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import torch
 from torch import nn
 
 from bridgebench.encoders.base import AudioEncoder
+from bridgebench.runtime.references import pretrained_problem
+
+
+def check_options(opts, key: str) -> list[str]:
+    """Checks of ``mert``/``data2vec`` options beyond their declared ranges."""
+    out = [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained)] if p]
+    if opts.layers not in ("mean", "weighted", "last") and not re.fullmatch(r"-?\d+", str(opts.layers)):
+        out.append(f"{key}.layers: '{opts.layers}' is not mean, weighted, last or a layer index")
+    return out
 
 
 class HiddenStatesEncoder(AudioEncoder):

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from bridgebench.config import GenerationSpec, LoraOptions
+from bridgebench.specs import GenerationSpec, LoraOptions
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

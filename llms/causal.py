@@ -23,10 +23,26 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from bridgebench.config import GenerationSpec, LoraOptions
+from bridgebench.specs import GenerationSpec, LoraOptions
 from bridgebench.llms.base import LanguageModel, pad_right
+from bridgebench.runtime.references import looks_local, pretrained_problem, resolve_pretrained
 
 AUDIO_SLOT = "<AudioHere>"
+
+
+def check_options(opts, key: str) -> list[str]:
+    """Checks of ``causal`` options beyond their declared ranges: the reference, the audio slot of the
+    template, and the GGUF file inside the reference's folder."""
+    problem = pretrained_problem(f"{key}.pretrained", opts.pretrained)
+    out = [problem] if problem else []
+    if AUDIO_SLOT not in opts.template:
+        out.append(f"{key}.template: must contain the audio slot '{AUDIO_SLOT}'")
+    if opts.gguf_file and opts.pretrained != "tiny" and not problem:
+        base = resolve_pretrained(opts.pretrained, f"{key}.pretrained", build=False)
+        path = os.path.join(base, opts.gguf_file) if os.path.isdir(base) else opts.gguf_file
+        if (os.path.isdir(base) or looks_local(opts.gguf_file)) and not os.path.exists(path):
+            out.append(f"{key}.gguf_file: '{path}' does not exist")
+    return out
 
 
 @dataclass

@@ -12,8 +12,14 @@ from typing import Optional
 
 import torch
 
-from bridgebench.config import GenerationSpec, LoraOptions
+from bridgebench.specs import GenerationSpec, LoraOptions
 from bridgebench.llms.base import LanguageModel, pad_right
+from bridgebench.runtime.references import pretrained_problem
+
+
+def check_options(opts, key: str) -> list[str]:
+    """Checks of ``seq2seq`` options beyond their declared ranges."""
+    return [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained)] if p]
 
 
 @dataclass

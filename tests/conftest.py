@@ -15,8 +15,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from bridgebench.cli import quiet_libraries  # noqa: E402
-from bridgebench.config import (  # noqa: E402
+from bridgebench.runtime.env import quiet_libraries  # noqa: E402
+from bridgebench.specs import (  # noqa: E402
     BridgeNetOptions,
     BridgeSpec,
     CausalOptions,
@@ -27,6 +27,7 @@ from bridgebench.config import (  # noqa: E402
     LinearPoolOptions,
     LLMSpec,
     MertOptions,
+    PrecisionSpec,
     QFormerOptions,
     Seq2SeqOptions,
 )
@@ -57,12 +58,12 @@ def tiny_specs(encoder: str = "mert", bridge: str = "qformer", llm: str = "causa
         llm=LLMSpec(name=llm, seq2seq=Seq2SeqOptions(pretrained="tiny"),
                     causal=CausalOptions(pretrained="tiny", **llm_kw)),
         generation=GenerationSpec(num_beams=1, max_new_tokens=6, min_length=1),
-        frozen_dtype="float32",
+        precision=PrecisionSpec("float32"),
     )
 
 
 def tiny_module(**kw):
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     causal = {k: kw.pop(k) for k in list(kw) if k in ("template", "end_symbol", "add_bos")}
     specs = tiny_specs(**{k: kw.pop(k) for k in ("encoder", "bridge", "llm") if k in kw}, **causal)

@@ -14,7 +14,7 @@ import soundfile as sf
 import torch
 from conftest import tiny_module
 
-from bridgebench.cli import main
+from bridgebench.__main__ import main
 from bridgebench.datamodules import AudioError, AudioTextDataModule, ManifestError, load_audio, read_manifest
 from bridgebench.datamodules.manifest import MAX_TEXT_CHARS
 

@@ -6,18 +6,18 @@ import json
 
 import pytest
 
-from bridgebench.captions import (
+from bridgebench.captiondata.cli import main
+from bridgebench.captiondata.from_tags import (
     INSTRUCTIONS,
     MalformedAnswer,
-    TagCaptioner,
     evaluate,
     from_tags,
-    main,
     parse_attribute_answer,
 )
+from bridgebench.captiondata.generator import TagCaptioner
 from bridgebench.datamodules.fixtures import BUILTINS
 from bridgebench.datamodules.manifest import read_manifest
-from bridgebench.tiny import tiny_checkpoint
+from bridgebench.runtime.tiny import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ import sys
 import pytest
 import yaml
 
-from bridgebench import registry
-from bridgebench.cli import main, run
-from bridgebench.config import BRIDGE_KINDS, ENCODER_KINDS, LLM_KINDS
+from bridgebench.engine import registry
+from bridgebench.__main__ import main
+from bridgebench.engine.lightning_cli import run
+
+ENCODER_KINDS, BRIDGE_KINDS, LLM_KINDS = tuple(registry.ENCODERS), tuple(registry.BRIDGES), (*registry.LLMS, "none")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "experiments", "blap_stage2.yaml")
@@ -73,7 +75,7 @@ def test_bad_config_fails_with_one_line_before_anything_is_built(flag, expected,
         raise AssertionError("a component was built before the config was validated")
 
     for name in ("build_encoder", "build_bridge", "build_llm"):
-        monkeypatch.setattr(f"bridgebench.module.{name}", forbidden)
+        monkeypatch.setattr(f"bridgebench.engine.module.{name}", forbidden)
     code = main(["fit", "--config", PRESET, "--config", TINY, flag])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2

@@ -11,7 +11,8 @@ import torch
 
 from bridgebench.datamodules import AudioError, AudioTextDataModule, ManifestError, load_audio, read_manifest
 from bridgebench.datamodules.fixtures import LEVELS, PITCHES, tones_manifest
-from bridgebench.module import DataContract, TextProcessor
+from bridgebench.datamodules.contract import DataContract, TextProcessor
+from bridgebench.errors import ConfigError
 
 
 def _tone(path, sr=44_100, seconds=1.0, channels=2, freq=440.0):
@@ -144,14 +145,11 @@ def test_padding_mask_marks_real_samples(tmp_path):
 
 
 def test_unknown_builtin_and_missing_manifest_are_reported():
-    dm = AudioTextDataModule(manifest="builtin:nope", num_workers=0)
-    dm.connect(_contract())
-    with pytest.raises(ManifestError, match="unknown built-in set 'builtin:nope'"):
-        dm.setup()
-    dm = AudioTextDataModule(manifest="data/none.jsonl", num_workers=0)
-    dm.connect(_contract())
-    with pytest.raises(ManifestError, match="'data/none.jsonl' does not exist"):
-        dm.setup()
+    # Both found when the datamodule is built, before any data is read.
+    with pytest.raises(ConfigError, match="unknown built-in set 'builtin:nope'"):
+        AudioTextDataModule(manifest="builtin:nope", num_workers=0)
+    with pytest.raises(ConfigError, match="'data/none.jsonl' does not exist"):
+        AudioTextDataModule(manifest="data/none.jsonl", num_workers=0)
 
 
 def test_train_target_first_always_trains_on_the_first_caption():

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from bridgebench.cli import run
+from bridgebench.engine.lightning_cli import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHANCE = {"instrument": 100 / 12, "genre": 100 / 8, "tempo_class": 100 / 3}

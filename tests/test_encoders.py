@@ -10,7 +10,7 @@ import torch
 
 from bridgebench.encoders import ClapEncoder, Data2VecEncoder, MertEncoder
 from bridgebench.encoders.clap import LogMel
-from bridgebench.tiny import tiny_checkpoint
+from bridgebench.runtime.tiny import tiny_checkpoint
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "laion_htsat_tiny.pt")
 
@@ -135,9 +135,11 @@ def test_cnn_encoder_gives_125_tokens_per_ten_seconds_and_round_trips_its_weight
 
 
 def test_cnn_encoder_bad_weights_reference_is_one_config_line():
-    from bridgebench.config import BridgeSpec, ConfigError, EncoderSpec, LLMSpec, validate_config
+    from bridgebench.engine import validate
+    from bridgebench.errors import ConfigError
+    from bridgebench.specs import EncoderSpec, LLMSpec
 
     spec = EncoderSpec(name="cnn")
     spec.cnn.pretrained = "/nonexistent/cnn.pt"
     with pytest.raises(ConfigError, match="model.encoder.cnn.pretrained: '/nonexistent/cnn.pt' is not scratch, tiny"):
-        validate_config(spec, BridgeSpec(), LLMSpec(name="none"), {"atc": 1.0})
+        validate.check({"encoder": spec, "llm": LLMSpec(name="none"), "objectives": {"atc": 1.0}})

@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 from conftest import tiny_module
 
-from bridgebench.cache import fill_cache
-from bridgebench.config import ConfigError
+from bridgebench.engine.feature_cache import fill_cache
+from bridgebench.errors import ConfigError
 from bridgebench.datamodules import AudioError, AudioTextDataModule
-from bridgebench.datamodules.datamodule import FeatureCacheMiss
+from bridgebench.errors import FeatureCacheMiss
 
 
 def _trainer(tmp_path, **kw):
@@ -49,7 +49,7 @@ def test_cached_features_give_the_on_the_fly_loss(encoder, bridge, llm, tmp_path
     module = tiny_module(encoder=encoder, bridge=bridge, llm=llm).eval()
     dm = AudioTextDataModule(manifest=str(_manifest(tmp_path)), batch_size=4, num_workers=0,
                              feature_cache=str(tmp_path / "cache"))
-    counts = fill_cache(module, dm, _trainer(tmp_path), roles=("train",))
+    counts = fill_cache(module, dm, roles=("train",))
     assert counts == {"train": 4}
     live, cached = _batch(module, dm, "audio"), _batch(module, dm, "cached")
     assert "audio" in live and "features" in cached and "audio" not in cached
@@ -57,14 +57,14 @@ def test_cached_features_give_the_on_the_fly_loss(encoder, bridge, llm, tmp_path
         a, b = module.losses(live)["loss"], module.losses(cached)["loss"]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     # A second pass finds everything cached and writes nothing.
-    assert fill_cache(module, dm, _trainer(tmp_path), roles=("train",)) == {"train": 0}
+    assert fill_cache(module, dm, roles=("train",)) == {"train": 0}
 
 
 def test_changed_audio_file_is_never_served_stale(tmp_path):
     module = tiny_module(encoder="mert", bridge="linear_pool", llm="causal").eval()
     manifest = _manifest(tmp_path)
     dm = AudioTextDataModule(manifest=str(manifest), batch_size=4, num_workers=0, feature_cache=str(tmp_path / "c"))
-    fill_cache(module, dm, _trainer(tmp_path), roles=("train",))
+    fill_cache(module, dm, roles=("train",))
     sf.write(tmp_path / "clip2.wav", np.zeros(16_000), 16_000)  # edited after caching
     os.utime(tmp_path / "clip2.wav", ns=(1, 1))
     with pytest.raises(FeatureCacheMiss, match=r"clip2\.wav: no cached features .* python -m bridgebench cache"):
@@ -86,14 +86,14 @@ def test_changed_encoder_weights_get_another_cache(tmp_path):
 def test_a_training_encoder_cannot_be_cached(tmp_path):
     from conftest import tiny_specs
 
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     specs = tiny_specs(encoder="mert", bridge="linear_pool", llm="causal")
     specs["encoder"].mert.layers = "weighted"
     module = BridgeModule(**specs)
     dm = AudioTextDataModule(manifest=str(_manifest(tmp_path)), num_workers=0)
     with pytest.raises(ConfigError, match="only a frozen encoder's features can be cached"):
-        fill_cache(module, dm, _trainer(tmp_path))
+        fill_cache(module, dm)
     dm = AudioTextDataModule(manifest=str(_manifest(tmp_path)), num_workers=0, features="cached")
     dm.connect(module.data_contract())
     with pytest.raises(ValueError, match="data.features: cached needs a frozen encoder"):
@@ -139,11 +139,11 @@ def test_a_batch_of_only_bad_clips_computes_nothing(tmp_path):
     module = tiny_module(encoder="mert", bridge="linear_pool", llm="causal")
     batch = {"id": [], "skipped": [{"id": "x", "audio_path": "x.wav", "reason": "x.wav: file does not exist"}]}
     assert module.training_step(batch, 0) is None
-    assert module._skipped == batch["skipped"]
+    assert module._skipped == {"train": batch["skipped"]}
 
 
 def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
-    from bridgebench.cli import run
+    from bridgebench.engine.lightning_cli import run
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["--config", os.path.join(root, "experiments", "blap_stage2.yaml"),
@@ -152,7 +152,7 @@ def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
             "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
             # The cache pass is a predict loop inside fit: the frozen LLM must train in its training
             # dtype afterwards, not in the evaluation dtype that predicting casts it to.
-            "--model.frozen_dtype=bfloat16", "--model.eval_frozen_dtype=float32"]
+            "--model.precision.frozen=bfloat16", "--model.precision.frozen_eval=float32"]
     losses = []
     for attempt in range(2):
         caplog.clear()

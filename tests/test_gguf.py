@@ -29,7 +29,7 @@ def tiny(_cache, tmp_path_factory):
     """(HF folder, the reference model, its tokenizer, GGUF folder holding ``tiny.gguf``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bridgebench.tiny import tiny_checkpoint
+    from bridgebench.runtime.tiny import tiny_checkpoint
 
     hf_dir = tiny_checkpoint("llama")
     gguf_dir = tmp_path_factory.mktemp("gguf")

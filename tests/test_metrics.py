@@ -19,18 +19,11 @@ import warnings
 import pytest
 import torch
 
-from bridgebench import metrics_setup
-from bridgebench.metrics import (
-    caption_metrics,
-    classification_metrics,
-    is_unavailable,
-    main,
-    nmt_bleu,
-    rank_classes,
-    results_table,
-    simple_tokenize,
-    write_results,
-)
+from bridgebench.evaluation import external_tools as metrics_setup
+from bridgebench.evaluation.ranking import classification_metrics, rank_classes
+from bridgebench.evaluation.results import is_unavailable, results_table, write_results
+from bridgebench.evaluation.text import caption_metrics, nmt_bleu, simple_tokenize
+from bridgebench.tools.results import main
 
 CANDS = ["a dog runs fast", "a cat", "bird bird"]
 REFS = [["a dog runs fast"], ["a cat sleeps"], ["a bird sings"]]
@@ -336,4 +329,6 @@ def test_write_results_and_results_table(tmp_path, capsys):
     assert main([str(run_a), str(run_b), "--out", str(out_md)]) == 0
     assert capsys.readouterr().out == markdown
     assert out_md.read_text() == markdown and out_md.with_suffix(".csv").read_text() == csv_text
-    assert main([str(tmp_path / "missing")]) == 2
+    from bridgebench.__main__ import main as bridgebench
+
+    assert bridgebench(["results", str(tmp_path / "missing")]) == 2

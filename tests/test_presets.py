@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from bridgebench.cli import run
-from bridgebench.config import validate_model_section
+from bridgebench.engine.lightning_cli import run
+from bridgebench.engine import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = sorted(
@@ -43,7 +43,7 @@ def test_preset_parses_and_names_known_components(name, capsys):
     assert exit_info.value.code in (0, None)
     cfg = yaml.safe_load(capsys.readouterr().out)
     # Names, options and hub ids are valid; stage-1 paths are run outputs, checked when they are used.
-    validate_model_section(cfg["model"], check_stage1=False)
+    validate.check(cfg["model"], check_files=False)
     if not name.startswith("demo_"):  # paper presets target GPU clusters; the demo runs on 2 CPU cores
         assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["trainer"]["strategy"] == "ddp"
 
@@ -77,6 +77,12 @@ def test_make_exp_tiny_fits_then_tests_from_the_last_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "musilingo_stage1-tiny"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    assert (run_dir / "predictions.jsonl").exists() and (run_dir / "metrics.csv").exists()
+    assert (run_dir / "predictions.jsonl").exists()
+    # Each command kept its own metrics and config: the fit's training curve survives the test.
+    assert (run_dir / "logs" / "01-fit" / "metrics.csv").exists() and (run_dir / "logs" / "02-test" / "metrics.csv").exists()
+    assert "train/loss" in (run_dir / "logs" / "01-fit" / "metrics.csv").read_text()
+    fit_config = yaml.safe_load((run_dir / "logs" / "01-fit" / "config.yaml").read_text())
+    test_config = yaml.safe_load((run_dir / "logs" / "02-test" / "config.yaml").read_text())
+    assert fit_config["ckpt_path"] is None and test_config["ckpt_path"].endswith("last.ckpt")
     assert "Restoring states from the checkpoint path" in out.stdout + out.stderr
     assert "encoder  mert" in out.stdout + out.stderr  # the frozen/trained report

@@ -10,11 +10,12 @@ import shutil
 import pytest
 import torch
 
-from bridgebench.captions import main as captions_main
-from bridgebench.captions import read_rows
+from bridgebench.captiondata.cli import main as captions_main
+from bridgebench.captiondata.jsonl import read_rows
 from bridgebench.datamodules.fixtures import BUILTINS
+from bridgebench.errors import ConfigError
 from bridgebench.datamodules.manifest import read_manifest
-from bridgebench.refine import (
+from bridgebench.captiondata.refine import (
     RefineSettings,
     extract,
     merge_prompt,
@@ -170,7 +171,7 @@ def test_assumed_presence_is_not_asked():
     answers = extract(alm, ["x"], settings, {})
     assert answers[0]["music"] == "funk with an organ in <x>" and "speech" not in answers[0]
     assert not any("in this audio?" in p for _, p in alm.asked)
-    with pytest.raises(SystemExit, match="GATE=yes"):
+    with pytest.raises(ConfigError, match="GATE=yes"):
         parse_assume(["speechy=no"])
     assert yes_no("Yes.") is True and yes_no("no, none") is False and yes_no("nothing") is None
 
@@ -206,7 +207,7 @@ def test_refine_writes_a_manifest_and_resumes(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
     """A tiny stage-1 run (the scorer) and a tiny stage-2 run on its encoder (the ALM)."""
-    from bridgebench.cli import run
+    from bridgebench.engine.lightning_cli import run
 
     base = tmp_path_factory.mktemp("runs")
     stage1, stage2 = base / "s1", base / "s2"
@@ -220,7 +221,7 @@ def tiny_runs(tmp_path_factory):
 
 
 def test_refine_end_to_end_with_tiny_runs_and_a_tiny_lm(tiny_runs, tmp_path, capsys):
-    from bridgebench.refine import RunScorer
+    from bridgebench.captiondata.refine import RunScorer
 
     stage1, stage2 = tiny_runs
     out = tmp_path / "refined.jsonl"
@@ -253,8 +254,8 @@ def test_refine_end_to_end_with_tiny_runs_and_a_tiny_lm(tiny_runs, tmp_path, cap
 def test_clap_scorer_is_the_clap_models_audio_text_cosine(tmp_path):
     from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
-    from bridgebench.refine import ClapScorer, load_scorer
-    from bridgebench.tiny import tiny_checkpoint
+    from bridgebench.captiondata.refine import ClapScorer, load_scorer
+    from bridgebench.runtime.tiny import tiny_checkpoint
 
     tok_dir = tiny_checkpoint("bert")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):

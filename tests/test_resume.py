@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -35,7 +34,9 @@ def _overlay(path, kill_at=None, signal_name="SIGKILL"):
 
 
 def _last_losses(run_dir):
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    from bridgebench.engine.run_folder import fit_history
+
+    rows = fit_history(run_dir)  # every fit command's rows, in order (a resumed fit's after the first's)
     return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
 
 

@@ -11,9 +11,9 @@ from conftest import tiny_batch, tiny_specs
 
 from bridgebench.bridges import QFormerBridge
 from bridgebench.bridges.objectives import Stage1Heads
-from bridgebench.config import ConfigError
-from bridgebench.module import BridgeModule
-from bridgebench.retrieval import recall_at_k, rerank
+from bridgebench.errors import ConfigError
+from bridgebench.engine.module import BridgeModule
+from bridgebench.evaluation.ranking import recall_at_k, rerank
 
 Q = 4
 
@@ -251,7 +251,7 @@ def test_rerank_keeps_top_k_and_adds_match_scores():
 def test_validation_reports_retrieval_and_zero_shot(tmp_path):
     import lightning as L
 
-    from bridgebench.config import EvalSpec
+    from bridgebench.specs import EvalSpec
     from bridgebench.datamodules import AudioTextDataModule
 
     m = _stage1_module(evaluation=EvalSpec(rerank_k=3, zero_shot_label="pitch", zero_shot_prompt="a {label} tone"))

@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
-from bridgebench.cli import main, run
+from bridgebench.__main__ import main
+from bridgebench.engine.lightning_cli import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
@@ -48,16 +50,24 @@ def test_sweep_runs_cells_and_skips_finished_ones(tmp_path):
     cmd = [sys.executable, "-m", "bridgebench", "sweep", "experiments/sweeps/loss_ablation.yaml", "--tiny",
            "--seeds", "0", "--cells", "ATC", "ATC+ATG", "--runs", str(tmp_path / "runs"),
            "--results", str(tmp_path / "results"), "--", "--trainer.max_steps=2"]
-    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert first.stdout.count("running in") == 2
+    # The encoder, two stage-1 runs (one per loss set) and two stage-2 cells.
+    assert first.stdout.count("fit + test in") == 5
     table = (tmp_path / "results" / "loss_ablation-tiny.md").read_text()
     assert "| ATC | 1 |" in table and "| ATC+ATG | 1 |" in table
     assert (tmp_path / "results" / "loss_ablation-tiny.png").stat().st_size > 1000
     assert (tmp_path / "results" / "loss_ablation-tiny.csv").exists()
+    # Each tiny cell really loaded its own stage-1 run (the hand-off is explicit, tiny.yaml cannot null it).
+    for cell, need in (("ATC", "stage1_ATC"), ("ATC+ATG", "stage1_ATC+ATG")):
+        run_dir = tmp_path / "runs" / "loss_ablation-tiny" / cell / "seed0"
+        config = yaml.safe_load((run_dir / "logs" / "01-fit" / "config.yaml").read_text())
+        expected = tmp_path / "runs" / "_needs" / f"{need}-tiny" / "seed0" / "checkpoints" / "last.ckpt"
+        assert config["model"]["stage1_checkpoint"] == str(expected)
+        assert f"stage1_checkpoint {expected}: loaded" in (run_dir / "sweep.log").read_text()
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    assert second.stdout.count("finished earlier, skipped") == 2 and "running in" not in second.stdout
+    assert second.stdout.count("done earlier") == 5 and "fit + test in" not in second.stdout
 
 
 @pytest.mark.slow
@@ -85,34 +95,51 @@ def test_caption_command_on_wav_and_mp3_from_a_trained_run(tmp_path, capsys):
     assert main(["caption", files[0], "--ckpt", str(run_dir), "--instruction", "Is the tone loud or soft?"]) == 0
     assert capsys.readouterr().out.startswith(files[0] + "\t")
     assert main(["caption", files[0], "--ckpt", str(tmp_path / "nowhere")]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    assert "--ckpt: '" in capsys.readouterr().err
 
 
-def test_sweep_needs_are_fitted_once_in_their_presets_folders_and_cells_report_stage1(tmp_path):
-    # The demo comparison's Bridge-Net cell needs three runs (the encoder's tagging, the Q-Former's
-    # stage 1, the Bridge-Net's stage 1); run from another folder, as a user would, with the tiny override.
+def test_sweep_tunes_each_cell_on_validation_then_runs_the_seeds_and_reports_stage1(tmp_path):
+    # The demo comparison's Bridge-Net cell: needs (the encoder's tagging, the Bridge-Net's stage 1 per
+    # seed), a 2-point learning-rate grid chosen on the validation loss, then 2 seeds; run from another
+    # folder, as a user would, with the tiny override.
     cmd = [sys.executable, "-m", "bridgebench", "sweep", os.path.join(ROOT, "experiments", "sweeps", "demo_bridges.yaml"),
-           "--tiny", "--cells", "bridgenet", "--report", "2", "--", "--trainer.max_steps=2"]
-    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+           "--tiny", "--cells", "bridgenet", "--seeds", "0", "1", "--report", "2", "--",
+           "--trainer.max_steps=2"]
+    sweep_file = tmp_path / "two_point.yaml"
+    spec = yaml.safe_load(open(os.path.join(ROOT, "experiments", "sweeps", "demo_bridges.yaml")))
+    spec["protocol"]["tune"] = {"model.optimizer.lr": [1.0e-4, 1.0e-3]}
+    sweep_file.write_text(yaml.safe_dump(spec))
+    cmd[4] = str(sweep_file)
+    (tmp_path / "experiments").symlink_to(os.path.join(ROOT, "experiments"))
+    first = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for need in ("demo_encoder-tiny", "demo_stage1-tiny", "demo_bridgenet_stage1-tiny"):
-        assert (tmp_path / "runs" / need / "fit.done").exists()
-        assert (tmp_path / "runs" / need / "metrics.json").exists()  # tested, for the stage-1 columns
-    run_dir = tmp_path / "runs" / "sweeps" / "demo_bridges-tiny" / "bridgenet" / "seed0"
-    assert json.loads((run_dir / "sweep_timing.json").read_text())["fit"] > 0
+    needs = tmp_path / "runs" / "sweeps" / "_needs"
+    for need in ("demo_encoder-tiny", "demo_bridgenet_stage1-tiny/seed0", "demo_bridgenet_stage1-tiny/seed1"):
+        assert (needs / need / "metrics.json").exists()  # tested, for the stage-1 columns
+    cell = tmp_path / "runs" / "sweeps" / "two_point-tiny" / "bridgenet"
+    protocol = json.loads((cell / "protocol.json").read_text())
+    assert [g["point"]["model.optimizer.lr"] for g in protocol["grid"]] == [1.0e-4, 1.0e-3]
+    values = [g["value"] for g in protocol["grid"]]
+    assert protocol["chosen"]["model.optimizer.lr"] == [1.0e-4, 1.0e-3][values.index(min(values))]
+    chosen = cell / "tune" / f"lr={protocol['chosen']['model.optimizer.lr']}"
+    assert (chosen / "metrics.json").exists() and (cell / "seed1" / "metrics.json").exists()  # seed 0 = the tuned run
+    assert not (cell / "seed0").exists()
+    # Seed 1 got its own stage-1 run.
+    config = yaml.safe_load((cell / "seed1" / "logs" / "01-fit" / "config.yaml").read_text())
+    assert config["model"]["stage1_checkpoint"].endswith("demo_bridgenet_stage1-tiny/seed1/checkpoints/last.ckpt")
     assert "generated: " in first.stdout and re.search(r"metrics \(\d+ held-out predictions\)", first.stdout)
-    table = (tmp_path / "results" / "demo_bridges-tiny.md").read_text()
+    table = (tmp_path / "results" / "two_point-tiny.md").read_text()
     header, _, row = table.splitlines()[2:5]
     cols = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")], strict=True))
-    assert cols["cell"] == "bridgenet" and int(cols["trainable params"]) > 0
+    assert cols["cell"] == "bridgenet" and cols["seeds"] == "2" and cols["chosen (val)"].startswith("lr=")
     for key in ("test/attr_acc_instrument", "test/bleu_4", "test/classify_instrument_accuracy_mean",
                 "stage1:test/r1_t2a"):
-        assert cols[key] != "n/a", (key, table)
-    assert float(cols["fit min"]) > 0 and float(cols["needs fit min"]) > 0
+        assert cols[key] != "n/a" and "±" in cols[key], (key, table)
+    assert float(cols["fit min"]) > 0
+    assert "chance" in table and "validation split" in table
     second = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    assert second.stdout.count("fitted earlier") == 3 and "finished earlier, skipped" in second.stdout
-    assert "fitting in" not in second.stdout and "running in" not in second.stdout
+    assert "fit + " not in second.stdout and second.stdout.count("done earlier") >= 5
 
 
 def test_report_command_shows_clips_labels_and_metrics(tmp_path, capsys):
@@ -129,7 +156,7 @@ def test_report_command_shows_clips_labels_and_metrics(tmp_path, capsys):
 def test_caption_rebuilds_a_frozen_encoder_that_an_earlier_run_trained(tmp_path):
     import torch
 
-    from bridgebench.caption import load_run
+    from bridgebench.engine.runs import load_run
 
     stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
     common = ["--config", TINY, "--trainer.max_steps=2"]

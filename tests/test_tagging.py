@@ -8,9 +8,10 @@ import os
 import pytest
 import torch
 
-from bridgebench.cli import run
-from bridgebench.config import ConfigError
-from bridgebench.tagging import TagHead, mean_average_precision, tag_vocabulary
+from bridgebench.engine.lightning_cli import run
+from bridgebench.errors import ConfigError
+from bridgebench.encoders.tagging import TagHead, tag_vocabulary
+from bridgebench.evaluation.ranking import mean_average_precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "experiments", "demo_encoder.yaml")
@@ -51,7 +52,7 @@ def _fit_and_test(tmp_path, steps: int, name: str) -> dict:
             "--model.stage1.tag_min_count=3", "--data.batch_size=8", "--data.limit=null"]
     cli = run(["fit", *args, f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0"])
     module = cli.model
-    assert not any(p.requires_grad for p in module.bridge.parameters())  # tagging trains the encoder only
+    assert module.bridge is None and module.llm is None  # tagging trains the encoder only: nothing else is built
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["bridgebench"]["tag_vocabulary"] == module.tagger.vocabulary
     assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"encoder", "tagger"}

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import tiny_batch, tiny_module, tiny_specs
 
-from bridgebench.config import ConfigError, OptimSpec
+from bridgebench.errors import ConfigError
+from bridgebench.specs import OptimSpec, PrecisionSpec
 
 
 @pytest.mark.parametrize("llm", ["seq2seq", "causal"])
@@ -113,26 +114,27 @@ def test_generation_from_soft_prompts_returns_text(llm):
 
 
 def test_eval_frozen_dtype_generates_in_its_dtype_and_trains_in_frozen_dtype():
-    m = tiny_module(llm="causal", bridge="linear_pool", frozen_dtype="bfloat16", eval_frozen_dtype="float32")
+    m = tiny_module(llm="causal", bridge="linear_pool", precision=PrecisionSpec("bfloat16", "float32"))
+    (hooks,) = m.configure_callbacks()  # the precision switch is a callback the module brings
     dtype = lambda: next(m.llm.hf.parameters()).dtype  # noqa: E731
     buffers = lambda: {n: b.dtype for n, b in m.llm.hf.named_buffers() if b.is_floating_point()}  # noqa: E731
     loaded = buffers()
     assert dtype() == torch.bfloat16 and loaded
     with torch.inference_mode():  # as Lightning calls the hooks
-        m.on_validation_start()
+        hooks.on_validation_start(None, m)
         assert dtype() == torch.float32
         batch = tiny_batch(m, train=False)
         assert all(isinstance(t, str) for t in m.generate(batch))  # float32 soft prompts into a float32 LLM
-        m.on_validation_end()  # back to training inside fit
+        hooks.on_validation_end(None, m)  # back to training inside fit
     assert dtype() == torch.bfloat16
     assert buffers() == loaded  # RoPE frequencies stay as loaded (float32), not cast to bf16
     # Training goes on: the re-cast weights are ordinary tensors that backward can use.
     assert not any(p.is_inference() for p in m.llm.hf.parameters())
     m.losses(tiny_batch(m))["lm"].backward()
-    m.on_test_start()
+    hooks.on_test_start(None, m)
     assert dtype() == torch.float32
-    with pytest.raises(ConfigError, match="model.eval_frozen_dtype: unknown 'fp8'"):
-        tiny_module(llm="causal", eval_frozen_dtype="fp8")
+    with pytest.raises(ConfigError, match="model.precision.frozen_eval: unknown value 'fp8'"):
+        tiny_module(llm="causal", precision=PrecisionSpec("float32", "fp8"))
 
 
 def test_causal_batched_generation_matches_one_by_one():
@@ -192,7 +194,7 @@ def test_stage1_checkpoint_loads_into_stage2(tmp_path):
 def test_stage1_checkpoint_of_another_shape_is_refused(tmp_path):
     from conftest import tiny_specs
 
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     path = _fit(tiny_module(encoder="mert", bridge="qformer", llm="causal"), tmp_path)
     specs = tiny_specs(encoder="mert", bridge="qformer", llm="causal")
@@ -222,7 +224,7 @@ def test_component_report_says_what_is_frozen_and_trained():
 def test_lora_mode_trains_adapters_only():
     from conftest import tiny_specs
 
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     specs = tiny_specs(llm="causal", bridge="linear_pool")
     specs["llm"].mode = "lora"
@@ -238,20 +240,21 @@ def test_lora_mode_trains_adapters_only():
 def test_eval_frozen_dtype_casts_a_lora_llms_base_weights_and_keeps_the_adapters_float32():
     from conftest import tiny_specs
 
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     specs = tiny_specs(llm="causal", bridge="linear_pool")
     specs["llm"].mode = "lora"
-    specs.update(frozen_dtype="bfloat16", eval_frozen_dtype="float32")
+    specs.update(precision=PrecisionSpec("bfloat16", "float32"))
     m = BridgeModule(**specs)
+    (hooks,) = m.configure_callbacks()
     adapters = {n: p for n, p in m.llm.named_parameters() if p.requires_grad}
     base = lambda: {p.dtype for p in m.llm.parameters() if not p.requires_grad}  # noqa: E731
     assert base() == {torch.bfloat16} and all(p.dtype == torch.float32 for p in adapters.values())
     with torch.inference_mode():  # as Lightning calls the hooks
-        m.on_validation_start()
+        hooks.on_validation_start(None, m)
         assert base() == {torch.float32}
         assert all(isinstance(t, str) for t in m.generate(tiny_batch(m, train=False)))
-        m.on_validation_end()
+        hooks.on_validation_end(None, m)
     assert base() == {torch.bfloat16}
     # The adapters are the same float32 parameters (the optimizer holds them), and they still train.
     now = {n: p for n, p in m.llm.named_parameters() if p.requires_grad}
@@ -286,10 +289,10 @@ def test_batched_candidate_scoring_equals_a_loop_over_candidates(llm):
 
 
 def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_the_schedule():
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
-    optim = OptimSpec(lr=1e-4, min_lr=1e-5, warmup_steps=4, warmup_lr=1e-6, encoder_lr_scale=10.0,
-                      projection_lr_scale=30.0)
+    optim = OptimSpec(lr=1e-4, min_lr=1e-5, warmup_steps=4, warmup_lr=1e-6,
+                      lr_scale={"encoder": 10.0, "projection": 30.0})
     for trainable in (False, True):
         specs = tiny_specs(encoder="mert", bridge="qformer", llm="causal")
         specs["encoder"].trainable = trainable
@@ -339,7 +342,7 @@ def _fsdp_units(root, policy):
 @pytest.mark.parametrize("parts", [("clap", "qformer", "seq2seq"), ("mert", "linear_pool", "causal"),
                                    ("data2vec", "bridgenet", "seq2seq")])
 def test_fsdp_wrap_units_never_mix_frozen_and_trained_weights(parts):
-    from bridgebench.strategies import wrap_policy
+    from bridgebench.engine.strategies import wrap_policy
 
     m = tiny_module(encoder=parts[0], bridge=parts[1], llm=parts[2])
     units = _fsdp_units(m, wrap_policy(m))
@@ -355,15 +358,15 @@ def test_fsdp_wrap_units_never_mix_frozen_and_trained_weights(parts):
 def test_fsdp_strategy_config_parses():
     import yaml
 
-    from bridgebench.cli import run
+    from bridgebench.engine.lightning_cli import run
 
     root = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
     with pytest.raises(SystemExit):
         run(["fit", "--config", f"{root}/experiments/blap_stage2.yaml", "--config", f"{root}/experiments/slurm/fsdp.yaml",
              "--print_config"])
     cfg = yaml.safe_load(open(f"{root}/experiments/slurm/fsdp.yaml"))
-    assert cfg["trainer"]["strategy"]["class_path"] == "bridgebench.strategies.BridgeFSDPStrategy"
-    from bridgebench.strategies import BridgeFSDPStrategy
+    assert cfg["trainer"]["strategy"]["class_path"] == "bridgebench.engine.strategies.BridgeFSDPStrategy"
+    from bridgebench.engine.strategies import BridgeFSDPStrategy
 
     assert BridgeFSDPStrategy(sharding_strategy="FULL_SHARD").kwargs["use_orig_params"] is True
 
@@ -371,7 +374,7 @@ def test_fsdp_strategy_config_parses():
 @pytest.mark.slow
 @pytest.mark.parametrize("llm", ["seq2seq", "causal"])
 def test_compile_switch_keeps_the_loss_and_the_checkpoint_keys(llm):
-    from bridgebench.module import BridgeModule
+    from bridgebench.engine.module import BridgeModule
 
     torch.manual_seed(0)
     plain = BridgeModule(**tiny_specs(encoder="mert", bridge="qformer", llm=llm))

@@ -31,14 +31,18 @@ rows without labels, kept rows per round, rule failures by reason and unclear pr
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 import torch
+
+from bridgebench.captiondata.generator import TagCaptioner
+from bridgebench.captiondata.jsonl import append_jsonl, open_output, pending_rows, read_rows, relocated
+from bridgebench.engine.evaluator import encode_texts
+from bridgebench.engine.runs import audio_batch, caption_files, load_run
+from bridgebench.errors import AudioError, ConfigError
 
 CHAIN = (  # AudioSetCaps §3.1: overall content first, then speech and music only when present
     {"name": "content", "prompt": "Describe the audio content in no more than 50 words."},
@@ -84,18 +88,12 @@ class RunALM:
     """A trained bridgebench run (stage 2) answering prompts about audio files."""
 
     def __init__(self, run: str, device: str = "cpu", batch_size: int = 8):
-        from bridgebench.caption import load_run
-
-        self.module, _ = load_run(run, device)
+        self.module, _ = load_run(run, device, option="--alm")
         if self.module.llm is None:
-            from bridgebench.config import ConfigError
-
             raise ConfigError(f"--alm {run}: a stage-1 run has no language model; give a stage-2 run")
         self.name, self.batch_size = run, batch_size
 
     def ask(self, audio: list[str], prompts: list[str]) -> list[str]:
-        from bridgebench.caption import caption_files
-
         return caption_files(self.module, audio, prompts, batch_size=self.batch_size)
 
 
@@ -103,10 +101,7 @@ class RunScorer:
     """Audio-text similarity from a trained stage-1 run: the ATC heads' cosine (max over queries)."""
 
     def __init__(self, run: str, device: str = "cpu", batch_size: int = 16):
-        from bridgebench.caption import load_run
-        from bridgebench.config import ConfigError
-
-        self.module, _ = load_run(run, device)
+        self.module, _ = load_run(run, device, option="--scorer")
         s1 = self.module.stage1
         if s1 is None or "atc" not in s1.objectives:
             raise ConfigError(f"--scorer {run}: the run has no audio-text contrastive (ATC) head; "
@@ -115,14 +110,12 @@ class RunScorer:
 
     @torch.no_grad()
     def score(self, audio: list[str], texts: list[str]) -> list[float]:
-        from bridgebench.caption import audio_batch
-
         m, out = self.module, []
         for start in range(0, len(audio), self.batch_size):
             wave, mask = audio_batch(m, audio[start:start + self.batch_size])
             feats, fmask = m.encoder(wave.to(m.device), mask.to(m.device))
             a = m.stage1.encode_audio(m.bridge, feats.float(), fmask)
-            _, _, t = m._encode_texts(texts[start:start + self.batch_size])
+            _, _, t = encode_texts(m, texts[start:start + self.batch_size])
             sim = m.stage1.similarity(a, t)  # [B, B]; the pairs are on the diagonal
             out += sim.diagonal().float().cpu().tolist()
         return out
@@ -135,7 +128,7 @@ class ClapScorer:
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 16):
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
-        from bridgebench.paths import resolve_pretrained
+        from bridgebench.runtime.references import resolve_pretrained
 
         path = resolve_pretrained(name_or_path, "--scorer")
         self.model = ClapModel.from_pretrained(path).eval().to(device)
@@ -313,14 +306,10 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
            settings: RefineSettings, batch_size: int = 8, limit: Optional[int] = None,
            splits: Optional[list[str]] = None, log: Callable[[str], None] = print) -> dict:
     """Run the pipeline over ``manifest`` into ``out`` (+ ``out.discarded.jsonl``); returns counts."""
-    from bridgebench.captions import _append, _done_ids, pending_rows, read_rows, relocated
-
     if settings.rounds < 1:
-        raise SystemExit("error: --rounds must be at least 1")
+        raise ConfigError("--rounds: must be at least 1")
     src, rows = read_rows(manifest)
-    out_path, discarded_path = Path(out), Path(str(out) + ".discarded.jsonl")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(out_path, discarded_path)
+    out_path, discarded_path, done = open_output(out, ".discarded.jsonl", {"method": "audiosetcaps"}, ("method",))
     counts = {"rows": len(rows), "done_before": 0, "kept": 0, "discarded": 0}
     # Refinement compares a caption with its labels, so a row without any cannot be refined: counted.
     in_splits = [r for r in rows if not splits or r.get("split") in splits]
@@ -338,7 +327,7 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
         audio = [str(audio_root / r["audio"]) if not os.path.isabs(str(r["audio"])) else r["audio"] for r in chunk]
         missing = [a for a in audio if not os.path.isfile(a)]
         if missing:
-            raise SystemExit(f"error: {src}: audio file not found: {missing[0]} (and {len(missing) - 1} more)")
+            raise AudioError(f"{src}: audio file not found: {missing[0]} (and {len(missing) - 1} more)")
         kept, discarded = refine_rows(chunk, audio, alm, generator, scorer, settings, counts)
         written = []
         for rec in kept:
@@ -346,8 +335,8 @@ def refine(manifest: str, out: str, alm: AudioLanguageModel, generator: TextGene
             row.update(captions=[rec["caption"]], source_captions=rec["row"].get("captions", []),
                        generation=settings_record, refine=rec["refine"])
             written.append(row)
-        _append(out_path, written)
-        _append(discarded_path, discarded)
+        append_jsonl(out_path, written)
+        append_jsonl(discarded_path, discarded)
         log(f"[refine] {counts['done_before'] + counts['kept'] + counts['discarded']}/{counts['done_before'] + len(todo)}"
             f" rows: kept {counts['kept']}, discarded {counts['discarded']}")
     return counts
@@ -359,7 +348,7 @@ def parse_assume(items: Optional[list[str]], chain=CHAIN) -> dict:
     for item in items or []:
         name, _, value = item.partition("=")
         if name not in gates or yes_no(value) is None:
-            raise SystemExit(f"error: --assume {item!r}: give GATE=yes|no with GATE one of {', '.join(gates)}")
+            raise ConfigError(f"--assume {item!r}: give GATE=yes|no with GATE one of {', '.join(gates)}")
         out[name] = yes_no(value)
     return out
 
@@ -389,8 +378,6 @@ def add_arguments(parser) -> None:
 
 
 def run_from_args(opts) -> dict:
-    from bridgebench.captions import TagCaptioner
-
     settings = RefineSettings(rounds=opts.rounds, max_words=opts.max_words, seed=opts.seed,
                               temperature=opts.temperature, top_p=opts.top_p, assume=parse_assume(opts.assume))
     alm = RunALM(opts.alm, opts.device)

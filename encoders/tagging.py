@@ -7,7 +7,8 @@ contrastive loss learns slowly (measured on music-synth: the lead instrument sta
 probes after 300 stage-1 steps). Tagging is how PANNs were trained: mean- and max-pooled time
 tokens -> one linear layer -> a sigmoid per tag, binary cross-entropy. The vocabulary is every tag
 that at least ``stage1.tag_min_count`` training clips carry (manifest ``tags``), built when the run
-starts and stored in its checkpoints; test reports the macro mean average precision.
+starts and stored in its checkpoints; test reports the macro mean average precision
+(``bridgebench.evaluation.ranking.mean_average_precision``).
 """
 
 from __future__ import annotations
@@ -51,15 +52,3 @@ class TagHead(nn.Module):
     def loss(self, feats: torch.Tensor, mask: torch.Tensor, tag_lists: list[list[str]]) -> torch.Tensor:
         logits = self(feats, mask)
         return F.binary_cross_entropy_with_logits(logits, self.targets(tag_lists, logits.device))
-
-
-def mean_average_precision(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Macro mAP (%) over the tags that occur in ``targets`` (torchmetrics)."""
-    from torchmetrics.functional.classification import multilabel_average_precision
-
-    present = targets.sum(0) > 0
-    if not present.any():
-        return float("nan")
-    value = multilabel_average_precision(logits[:, present].float(), targets[:, present].long(),
-                                         num_labels=int(present.sum()), average="macro")
-    return 100.0 * float(value)

@@ -1,4 +1,4 @@
-"""Offline set-up of the external tools behind :mod:`bridgebench.metrics`: Java, the aac-metrics jars and
+"""Offline set-up of the external tools behind :mod:`bridgebench.evaluation.text`: Java, the aac-metrics jars and
 NLTK's WordNet. Each function is idempotent, cheap on repeat calls and called lazily by the metrics.
 
 What it assumes (measured in ``shared/design/install.md`` section 5):
@@ -6,7 +6,7 @@ What it assumes (measured in ``shared/design/install.md`` section 5):
 * aac-metrics 0.5.4 looks for its jars under ``<cache_path>/aac-metrics/...``. The pycocoevalcap 1.2
   wheel ships ``meteor-1.5.jar`` (+ ``data/paraphrase-en.gz``), ``stanford-corenlp-3.4.1.jar`` (the PTB
   tokenizer) and the SPICE jars except Stanford CoreNLP 3.6.0 and its models jar. :func:`aac_setup`
-  symlinks them into ``bridgebench.paths.cache_dir()/aac-metrics`` (or ``<cache_dir>/aac-metrics``), so
+  symlinks them into ``bridgebench.runtime.paths.cache_dir()/aac-metrics`` (or ``<cache_dir>/aac-metrics``), so
   METEOR and the PTB tokenizer run offline. SPICE (and so SPIDEr) stay unavailable unless someone puts
   the two CoreNLP 3.6.0 jars into ``aac-metrics/spice/lib`` by hand.
 * aac-metrics accepts Java 8-13 only; Debian offers 17. The check is a module constant, lifted here to 99
@@ -56,7 +56,7 @@ def _cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         path = Path(cache_dir)
         path.mkdir(parents=True, exist_ok=True)
         return path
-    from bridgebench.paths import cache_dir as default_cache_dir
+    from bridgebench.runtime.paths import cache_dir as default_cache_dir
 
     return default_cache_dir()
 

@@ -14,31 +14,26 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from bridgebench.errors import ConfigError
+
 HEADLINE = ("attr_acc_instrument", "attr_acc_genre", "attr_acc_tempo_class", "attr_acc_dynamics",
             "classify_instrument_accuracy_mean", "bleu_4", "rouge_l", "cider_d", "meteor", "spider",
             "r1_t2a", "r1_a2t", "r5_t2a", "zero_shot_acc_instrument", "loss")
 SHOWN_LABELS = ("instrument", "genre", "tempo_class", "dynamics")
 
 
-def _marks(prediction: str, labels: dict) -> str:
-    from bridgebench.datamodules.music_synth import caption_attributes
-
-    named = caption_attributes(prediction)
-    out = []
-    for attr in SHOWN_LABELS:
-        if attr in labels:
-            got = named.get(attr)
-            out.append(f"{attr} {'ok' if got == labels[attr] else 'WRONG' if got else 'missing'}")
-    return ", ".join(out)
-
-
 def report(run_dir: str | Path, n: int = 5) -> str:
+    from bridgebench.evaluation.attributes import attribute_marks
+
     run = Path(run_dir)
     metrics_path, preds_path = run / "metrics.json", run / "predictions.jsonl"
     if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path} not found: run `test` on this run folder first")
-    metrics = json.loads(metrics_path.read_text())
-    rows = [json.loads(line) for line in preds_path.read_text().splitlines()] if preds_path.is_file() else []
+        raise ConfigError(f"{metrics_path}: not found; run `test` on this run folder first")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        rows = [json.loads(line) for line in preds_path.read_text().splitlines()] if preds_path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{run}: metrics.json or predictions.jsonl is not valid JSON ({err})") from None
     lines = [f"== {run} =="]
     info = metrics.get("run", {})
     if info:
@@ -51,7 +46,7 @@ def report(run_dir: str | Path, n: int = 5) -> str:
         lines.append(f"- {row['id']}  true: {truth}")
         lines.append(f"    generated: {row['prediction']!r}")
         if labels and any(k in labels for k in SHOWN_LABELS):
-            lines.append(f"    named: {_marks(row['prediction'], labels)}")
+            lines.append(f"    named: {attribute_marks(row['prediction'], labels, SHOWN_LABELS)}")
     lines.append(f"metrics ({len(rows)} held-out predictions):")
     for name in HEADLINE:
         value = metrics.get(f"test/{name}")
@@ -67,12 +62,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("run_dirs", nargs="+", help="run folders written by `test`")
     parser.add_argument("-n", type=int, default=5, help="how many held-out clips to show (spread over the set)")
     opts = parser.parse_args(argv)
+    if opts.n < 0:
+        raise ConfigError(f"-n: {opts.n}; it must be >= 0")
     for run_dir in opts.run_dirs:
-        try:
-            print(report(run_dir, opts.n))
-        except FileNotFoundError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        print(report(run_dir, opts.n))
     return 0
 
 

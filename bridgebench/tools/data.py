@@ -13,6 +13,8 @@ import argparse
 import sys
 from typing import Optional
 
+from bridgebench.errors import ConfigError
+
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -29,6 +31,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.add_argument("--sample-rate", type=int, default=16000)
         parser.add_argument("--seed", type=int, default=0)
         args = parser.parse_args(argv[1:])
+        for name in ("clips", "seconds", "sample_rate"):
+            if not getattr(args, name) > 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: {getattr(args, name)}; it must be > 0")
         print(music_synth_manifest(args.clips, args.seconds, args.sample_rate, args.seed))
         return 0
     print(__doc__.strip(), file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bridgebench.paths import build_once, cache_dir
+from bridgebench.runtime.paths import build_once, cache_dir
 
 # Bump when a builder changes, so stale tiny folders are never reused.
 TINY_VERSION = 3

@@ -1,5 +1,4 @@
-"""Evaluation metrics of bridgebench: captioning / QA text metrics in three named conventions,
-vocabulary-ranking classification, and the run-results files and table.
+"""Captioning / QA text metrics in three named conventions (pure scoring, no Lightning).
 
 Captioning / QA (:func:`caption_metrics`), one ``mode`` per published convention:
 
@@ -27,48 +26,24 @@ Captioning / QA (:func:`caption_metrics`), one ``mode`` per published convention
   tables show them x100. Their ``vocab_novelty`` zips predictions with training captions, so both are
   truncated to the shorter list before vocabularies are built; that quirk is kept.
 
-Classification by candidate ranking (LAVIS ``_predict_class``): :func:`rank_classes` ranks candidates by
-ascending summed token NLL (EOS included, as LAVIS) and by ascending mean NLL per token (length-normalised);
-:func:`classification_metrics` gives accuracy (single-label) or macro PR-AUC / ROC-AUC (multi-label, from
-the scores -NLL, via torchmetrics).
-
-Results files: :func:`write_results` writes ``metrics.json`` and ``predictions.jsonl`` atomically;
-:func:`results_table` joins several runs into one Markdown and one CSV table; :func:`main` is
-``python -m bridgebench results RUN... [--out FILE.md]``.
-
-Assumptions: offline machine; external tools set up by :mod:`bridgebench.metrics_setup`; heavy imports
+Assumptions: offline machine; external tools set up by :mod:`bridgebench.evaluation.external_tools`; heavy imports
 (aac-metrics ~6 s, nltk, torch) happen inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
 import math
 import os
 import re
-import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from bridgebench import metrics_setup
+from bridgebench.evaluation import external_tools
+from bridgebench.evaluation.results import UNAVAILABLE, is_unavailable, unavailable  # noqa: F401
 
 MetricValue = float | int | str
-UNAVAILABLE = "unavailable: "
 MODES = ("standard", "musilingo", "lp-musiccaps")
-
-
-def unavailable(reason: str) -> str:
-    return UNAVAILABLE + reason
-
-
-def is_unavailable(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(UNAVAILABLE)
 
 
 # ------------------------------------------------------------------------------------ tokenisation
@@ -167,7 +142,7 @@ def _tokenize_all(predictions, refs, setup) -> tuple[list[str], list[list[str]],
 
 
 def _standard(predictions, refs, cache_dir, train_vocabulary, train_captions) -> dict[str, MetricValue]:
-    setup = metrics_setup.aac_setup(cache_dir)
+    setup = external_tools.aac_setup(cache_dir)
     cands, mrefs, tokenizer = _tokenize_all(predictions, refs, setup)
     from aac_metrics.functional.bleu import bleu
     from aac_metrics.functional.cider_d import cider_d
@@ -225,7 +200,7 @@ def _spice(cands, mrefs, setup) -> MetricValue:
 
 
 def _fense(predictions, refs) -> MetricValue:
-    sbert = metrics_setup.hf_local_dir("sentence-transformers/paraphrase-TinyBERT-L6-v2")
+    sbert = external_tools.hf_local_dir("sentence-transformers/paraphrase-TinyBERT-L6-v2")
     import torch
 
     fense_data = os.environ.get("FENSE_DATA") or os.path.join(torch.hub.get_dir(), "fense_data")
@@ -244,7 +219,7 @@ def _fense(predictions, refs) -> MetricValue:
 
 
 def _aac_bertscore(predictions, refs) -> MetricValue:
-    model = metrics_setup.hf_local_dir("roberta-large", "FacebookAI/roberta-large")
+    model = external_tools.hf_local_dir("roberta-large", "FacebookAI/roberta-large")
     if model is None:
         return unavailable("BERTScore needs roberta-large weights (Hugging Face hub); not downloaded here")
     try:
@@ -284,7 +259,7 @@ def _bert_score_pkg(predictions, refs, which: str) -> MetricValue:
     """bert-score package (as qa.py and ``evaluate`` call it: lang="en" -> roberta-large, layer 17)."""
     import importlib.util
 
-    model = metrics_setup.hf_local_dir("roberta-large", "FacebookAI/roberta-large")
+    model = external_tools.hf_local_dir("roberta-large", "FacebookAI/roberta-large")
     if importlib.util.find_spec("bert_score") is None or model is None:
         return unavailable("BERTScore needs the bert-score package and roberta-large weights "
                            "(Hugging Face hub); not downloaded here")
@@ -313,7 +288,7 @@ def _musilingo(predictions, refs, cache_dir) -> dict[str, MetricValue]:
         "musilingo/bleu": _mean(bleu),
         "musilingo/bleu_4": _mean(bleu4),
     }
-    ok, reason = metrics_setup.wordnet_ready(cache_dir)
+    ok, reason = external_tools.wordnet_ready(cache_dir)
     if ok:
         from nltk.translate.meteor_score import meteor_score
 
@@ -361,7 +336,7 @@ def nmt_bleu(reference_corpus: Sequence[Sequence[Sequence[str]]], translation_co
 def _lpmc_word_tokenize() -> tuple[Callable[[str], list[str]], str]:
     from nltk.tokenize import word_tokenize
 
-    if metrics_setup.punkt_ready():
+    if external_tools.punkt_ready():
         return word_tokenize, "word_tokenize (punkt)"
 
     def approx(text: str) -> list[str]:
@@ -384,7 +359,7 @@ def _lpmc(predictions, refs, cache_dir, train_captions) -> dict[str, MetricValue
     for order in range(1, 5):
         out[f"lpmc/bleu{order}"] = nmt_bleu(ref_tok, pred_tok, max_order=order)
 
-    ok, reason = metrics_setup.wordnet_ready(cache_dir)
+    ok, reason = external_tools.wordnet_ready(cache_dir)
     if ok:
         from nltk.translate.meteor_score import meteor_score
 
@@ -419,221 +394,3 @@ def _lpmc(predictions, refs, cache_dir, train_captions) -> dict[str, MetricValue
     out["lpmc/length_avg"] = float(np.mean(lengths))
     out["lpmc/length_std"] = float(np.std(lengths))
     return out
-
-
-# ------------------------------------------------------------------------ classification by ranking
-def rank_classes(
-    scores_fn: Callable[[list[int]], tuple[Any, Any]] | Any,
-    token_counts: Any = None,
-    *,
-    n_candidates: int | None = None,
-    n_segments: int = 1,
-) -> dict[str, Any]:
-    """Rank candidate labels by their NLL under the model (LAVIS ``_predict_class``).
-
-    ``scores_fn`` is either an (N, C) array of summed token NLL per (sample, candidate), with
-    ``token_counts`` (N, C) or (C,) the number of scored tokens (EOS included), or a callable
-    ``scores_fn(candidate_indices) -> (nll_sum[N, k], token_counts[N, k])`` that is called once per
-    segment of ``n_candidates`` split into ``n_segments`` chunks (LAVIS' ``n_segments``).
-
-    Returns float64 tensors ``nll_sum``, ``nll_mean`` (sum / tokens), ``token_counts`` (N, C); the
-    predictions ``pred_sum`` (LAVIS: lowest summed NLL) and ``pred_mean`` (length-normalised) (N,);
-    the full ascending orders ``order_sum``/``order_mean`` (N, C). Ties go to the lower index.
-    """
-    import torch
-
-    if callable(scores_fn):
-        if n_candidates is None:
-            raise ValueError("n_candidates is needed with a scoring function")
-        chunks = [c.tolist() for c in torch.arange(n_candidates).tensor_split(max(1, n_segments)) if len(c)]
-        sums, counts = [], []
-        for idx in chunks:
-            s, c = scores_fn(idx)
-            s = torch.as_tensor(s, dtype=torch.float64)
-            sums.append(s)
-            counts.append(torch.as_tensor(c, dtype=torch.float64).expand_as(s))
-        nll_sum, counts_t = torch.cat(sums, dim=1), torch.cat(counts, dim=1)
-    else:
-        nll_sum = torch.as_tensor(scores_fn, dtype=torch.float64)
-        if token_counts is None:
-            raise ValueError("token_counts is needed with an NLL array")
-        counts_t = torch.as_tensor(token_counts, dtype=torch.float64).expand_as(nll_sum)
-    if nll_sum.dim() != 2:
-        raise ValueError(f"summed NLL must be (samples, candidates), got shape {tuple(nll_sum.shape)}")
-    if (counts_t <= 0).any():
-        raise ValueError("every candidate needs at least one scored token")
-    nll_mean = nll_sum / counts_t
-    order_sum = torch.argsort(nll_sum, dim=1, stable=True)
-    order_mean = torch.argsort(nll_mean, dim=1, stable=True)
-    return {
-        "nll_sum": nll_sum, "nll_mean": nll_mean, "token_counts": counts_t,
-        "pred_sum": order_sum[:, 0], "pred_mean": order_mean[:, 0],
-        "order_sum": order_sum, "order_mean": order_mean,
-    }
-
-
-def _unit_scores(scores):
-    """Per-label min-max rescale to [0, 1] in float64: the same order and ties, so AP and AUROC are
-    unchanged, and torchmetrics does not apply a sigmoid (which saturates for NLL-sized scores)."""
-    lo, hi = scores.min(dim=0).values, scores.max(dim=0).values
-    return (scores - lo) / (hi - lo).clamp_min(1e-300)
-
-
-def classification_metrics(ranking: dict[str, Any], targets: Any, multilabel: bool = False) -> dict[str, float]:
-    """Metrics of a :func:`rank_classes` result for both scorings (suffix ``_sum`` / ``_mean``).
-
-    Single-label: ``targets`` (N,) class indices -> ``accuracy_sum``, ``accuracy_mean``.
-    Multi-label (e.g. OpenMIC): ``targets`` (N, C) 0/1 -> macro ``pr_auc_*`` (torchmetrics multilabel
-    AveragePrecision) and ``roc_auc_*`` (multilabel AUROC), with score = -NLL of each candidate.
-    """
-    import torch
-
-    out: dict[str, float] = {}
-    if not multilabel:
-        target = torch.as_tensor(targets).long().view(-1)
-        for kind in ("sum", "mean"):
-            out[f"accuracy_{kind}"] = float((ranking[f"pred_{kind}"] == target).double().mean())
-        return out
-    from torchmetrics.functional.classification import (
-        multilabel_auroc,
-        multilabel_average_precision,
-    )
-
-    target = torch.as_tensor(targets).long()
-    num_labels = target.shape[1]
-    for kind in ("sum", "mean"):
-        preds = _unit_scores(-ranking[f"nll_{kind}"])
-        out[f"pr_auc_{kind}"] = float(
-            multilabel_average_precision(preds, target, num_labels=num_labels, average="macro"))
-        out[f"roc_auc_{kind}"] = float(multilabel_auroc(preds, target, num_labels=num_labels, average="macro"))
-    return out
-
-
-# ------------------------------------------------------------------------------------ results files
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):  # tensors, numpy arrays and scalars
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf
-    return value
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_results(run_dir: str | os.PathLike, metrics: dict[str, Any], predictions: list[dict]) -> tuple[Path, Path]:
-    """Write ``<run_dir>/metrics.json`` and ``<run_dir>/predictions.jsonl`` (one JSON object per line),
-    each through a temporary file and ``os.replace``, so a reader never sees half a file."""
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    metrics_path, preds_path = run / "metrics.json", run / "predictions.jsonl"
-    _atomic_write(preds_path, "".join(json.dumps(_jsonable(p), ensure_ascii=False) + "\n" for p in predictions))
-    _atomic_write(metrics_path, json.dumps(_jsonable(metrics), indent=2, ensure_ascii=False) + "\n")
-    return metrics_path, preds_path
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
-def results_table(run_dirs: list[str]) -> tuple[str, str]:
-    """One row per run (its folder name), the union of metric columns in first-seen order.
-
-    Markdown: numbers to 4 decimals, unavailable metrics as ``n/a[k]`` with reason k in a footnote,
-    absent metrics empty. CSV: full-precision numbers, ``n/a`` for unavailable, empty for absent."""
-    rows: list[tuple[str, dict[str, Any]]] = []
-    columns: list[str] = []
-    for run_dir in run_dirs:
-        path = Path(run_dir) / "metrics.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (not a run folder, or the run wrote no metrics)")
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-        name = Path(run_dir).resolve().name or str(run_dir)
-        rows.append((name, metrics))
-        columns.extend(k for k in metrics if k not in columns)
-    names = [n for n, _ in rows]
-    if len(set(names)) < len(names):  # same folder name twice: show the paths as given
-        rows = [(str(d), m) for d, (_, m) in zip(run_dirs, rows)]
-
-    reasons: list[str] = []
-    md_rows, csv_rows = [], []
-    for name, metrics in rows:
-        md_cells, csv_cells = [name.replace("|", "\\|")], [name]
-        for col in columns:
-            value = metrics.get(col)
-            if value is None:
-                md_cells.append("")
-                csv_cells.append("")
-            elif is_unavailable(value):
-                reason = value[len(UNAVAILABLE):]
-                if reason not in reasons:
-                    reasons.append(reason)
-                md_cells.append(f"n/a[{reasons.index(reason) + 1}]")
-                csv_cells.append("n/a")
-            else:
-                md_cells.append(_format(value).replace("|", "\\|"))
-                csv_cells.append(repr(value) if isinstance(value, float) else str(value))
-        md_rows.append(md_cells)
-        csv_rows.append(csv_cells)
-
-    header = ["run"] + columns
-    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in header) + " |",
-             "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in md_rows]
-    if reasons:
-        lines.append("")
-        lines += [f"[{i}] {reason}  " for i, reason in enumerate(reasons, start=1)]
-    markdown = "\n".join(lines) + "\n"
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(csv_rows)
-    return markdown, buf.getvalue()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bridgebench results RUN... [--out FILE.md]``: print the table of the runs' metrics."""
-    parser = argparse.ArgumentParser(prog="bridgebench results",
-                                     description="Join the metrics.json of several run folders into one table.")
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders holding metrics.json")
-    parser.add_argument("--out", metavar="FILE.md", help="also write FILE.md and FILE.csv")
-    args = parser.parse_args(argv)
-    try:
-        markdown, csv_text = results_table(args.runs)
-    except (FileNotFoundError, json.JSONDecodeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(markdown, end="")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        md_path = out if out.suffix == ".md" else out.with_name(out.name + ".md")
-        _atomic_write(md_path, markdown)
-        _atomic_write(md_path.with_suffix(".csv"), csv_text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

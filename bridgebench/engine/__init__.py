@@ -1,0 +1,1 @@
+"""The engine: everything fit/validate/test/predict run (module, validation, checkpoints, run folders, CLI)."""

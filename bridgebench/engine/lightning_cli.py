@@ -1,0 +1,152 @@
+"""``python -m bridgebench fit|validate|test|predict --config experiments/<name>.yaml``: LightningCLI.
+
+One config system, LightningCLI (jsonargparse): presets are YAML files, later ``--config`` files
+and ``--key=value`` flags override earlier ones, and ``--help`` prints every option with its
+docstring. Right after parsing, one validation pass reports every problem of the config (values,
+kinds, checkpoint files, the run folder) as ``error:`` lines, before seeding, data or any model.
+Each command then writes into its own folder of the run folder (``run_folder.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
+
+from bridgebench.datamodules import AudioTextDataModule
+from bridgebench.engine import run_folder, validate
+from bridgebench.engine.checkpoints import checkpoint_problem, read_checkpoint
+from bridgebench.engine.module import BridgeModule
+from bridgebench.errors import ConfigProblems, OutputError
+from bridgebench.runtime.env import quiet_libraries
+from bridgebench.runtime.io import ensure_dir
+
+CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
+def resolve_ckpt_path(value: Optional[str], root: str, subcommand: str) -> tuple[Optional[str], list[str]]:
+    """(the path to load, problems): ``last`` is the run folder's ``checkpoints/last.ckpt``; a fit
+    with ``last`` and no checkpoint yet starts from scratch (a requeued job's first start)."""
+    if value is None:
+        return None, []
+    if value == "last":
+        path = os.path.join(root, "checkpoints", "last.ckpt")
+        if not os.path.exists(path):
+            if subcommand == "fit":
+                return None, []
+            return None, [f"--ckpt_path=last: no checkpoint at '{path}'; fit this run first (or give a .ckpt file)"]
+        value = path
+    problem = checkpoint_problem(value, "--ckpt_path", "fit this run first, or fix the path")
+    return value, [problem] if problem else []
+
+
+class BridgeCLI(LightningCLI):
+    """LightningCLI with bridgebench's defaults: the run folder is ``trainer.default_root_dir``;
+    checkpoints go to its ``checkpoints/``, each command's logs and config to ``logs/NN-<command>/``."""
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        root = config.trainer.default_root_dir or os.path.join("runs", "default")
+        model = config.model.as_dict()
+        data = config.data.as_dict() if config.get("data") else {}
+        found = validate.problems(model, data)
+        ckpt, ckpt_problems = resolve_ckpt_path(config.get("ckpt_path"), root, subcommand or "")
+        found += ckpt_problems
+        try:
+            ensure_dir(root, "trainer.default_root_dir")
+        except OutputError as err:
+            found.append(str(err))
+        last = Path(root) / "checkpoints" / "last.ckpt"
+        if subcommand == "fit" and ckpt is None and config.get("ckpt_path") is None and last.exists():
+            found.append(f"trainer.default_root_dir: '{root}' already holds a fitted run ({last}); resume it with "
+                         "--ckpt_path=last, or fit into another folder (nothing there is replaced)")
+        if found:
+            raise ConfigProblems(found)
+        if subcommand:
+            config.ckpt_path = ckpt
+        config.trainer.default_root_dir = root
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the checkpoint's hyper-parameters into the model section; the file is read
+        through ``read_checkpoint``, so a bad one is one line naming ``--ckpt_path``."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path:
+            return
+        hparams = dict(read_checkpoint(path, "--ckpt_path")["hyper_parameters"])
+        hparams.pop("_instantiator", None)
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir
+        if not self.subcommand:  # built without running (the cache command, scripts)
+            config.trainer.logger = False
+            return
+        folder = run_folder.begin_command(root, self.subcommand, config.get("ckpt_path"))
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                                               init_args=Namespace(save_dir=root, name="logs", version=folder))]
+        callbacks = list(config.trainer.callbacks or [])
+        checkpointing = [c for c in callbacks if getattr(c, "class_path", "") == CHECKPOINT]
+        for callback in checkpointing:  # shared by the run's commands, not inside one command's folder
+            if callback.init_args.get("dirpath") is None:
+                callback.init_args.dirpath = os.path.join(root, "checkpoints")
+        if not checkpointing and config.trainer.get("enable_checkpointing", True) is not False:
+            callbacks.append(Namespace(class_path=CHECKPOINT, init_args=Namespace(
+                dirpath=os.path.join(root, "checkpoints"), save_last=True, save_top_k=0,
+                enable_version_counter=False)))
+        if config.trainer.get("enable_progress_bar", True) is not False and not sys.stderr.isatty():
+            # Logs and the sweep get plain progress lines instead of a redrawn terminal bar.
+            config.trainer.enable_progress_bar = False
+            if not os.environ.get("BRIDGEBENCH_QUIET"):
+                callbacks.append(Namespace(class_path="bridgebench.engine.progress.ProgressLines"))
+        callbacks.append(Namespace(class_path="bridgebench.engine.run_folder.ValidateResults"))
+        config.trainer.callbacks = callbacks
+        if not config.trainer.plugins:  # checkpoints are written whole or not at all
+            config.trainer.plugins = [Namespace(class_path="bridgebench.engine.checkpoints.AtomicCheckpointIO")]
+
+    def _fill_feature_cache(self) -> None:
+        """``data.features: auto``: encode the clips missing from the cache, then serve the cache."""
+        if getattr(self.datamodule, "features", None) != "auto":
+            return
+        from bridgebench.engine.feature_cache import fill_cache
+
+        # The cache pass must not move the run's random streams (its loader draws a worker seed).
+        state = torch.get_rng_state()
+        fill_cache(self.model, self.datamodule, self.trainer.strategy.root_device,
+                   progress=not os.environ.get("BRIDGEBENCH_QUIET"))
+        torch.set_rng_state(state)
+
+    def before_fit(self) -> None:
+        self._fill_feature_cache()
+
+    def before_validate(self) -> None:
+        self._fill_feature_cache()
+
+    def before_test(self) -> None:
+        self._fill_feature_cache()
+
+    def before_predict(self) -> None:
+        self._fill_feature_cache()
+
+
+def run(args: Optional[list[str]] = None, **kwargs) -> BridgeCLI:
+    """Run the CLI in-process (tests use this); ``args`` as on the command line. The command's
+    record in the run folder's history is closed here, ok or failed."""
+    quiet_libraries()
+    try:
+        cli = BridgeCLI(BridgeModule, AudioTextDataModule, auto_configure_optimizers=False,
+                        save_config_kwargs={"overwrite": True}, args=args, **kwargs)
+    except BaseException as err:
+        run_folder.end_command("failed", f"{type(err).__name__}: {err}".splitlines()[0][:300])
+        raise
+    run_folder.end_command("ok")
+    return cli

@@ -1,0 +1,117 @@
+"""A sweep's results as a table and a plot: mean ± std over seeds per cell, chance levels, and what
+the protocol tuned (pure presentation: no Lightning, no runs)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from bridgebench.evaluation.results import csv_table, markdown_table
+
+
+def mean_std(values: list[float]) -> tuple[Optional[float], float]:
+    return (statistics.mean(values) if values else None, statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _point(point: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()) or "preset"
+
+
+def _numbers(runs: dict, metric: str) -> list[float]:
+    return [r[metric] for r in runs.values() if isinstance(r.get(metric), (int, float))
+            and not isinstance(r.get(metric), bool) and math.isfinite(r[metric])]
+
+
+def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> tuple[str, str, list[dict]]:
+    """Markdown, CSV and the rows (for the plot) of a finished sweep."""
+    metrics, chance = spec["metrics"], spec.get("chance") or {}
+    protocol = spec.get("protocol") or {}
+    rows = []
+    for cell, result in cells.items():
+        runs = result["runs"]
+        first = next(iter(runs.values()), {})
+        fit = [t / 60 for t in result.get("fit_s", []) if t]
+        rows.append({"cell": cell, "seeds": sorted(runs), "chosen": result.get("chosen") or {},
+                     "tuning": result.get("tuning") or [],
+                     "trainable_params": first.get("run", {}).get("trainable_params"),
+                     "fit_min": mean_std(fit)[0],
+                     **{m: mean_std(_numbers(runs, m)) for m in metrics}})
+    tuned = any(r["tuning"] for r in rows)
+    header = ["cell", "seeds"] + (["chosen (val)"] if tuned else []) + ["trainable params", *metrics, "fit min"]
+    md_rows, csv_rows = [], []
+    for row in rows:
+        cells_md = [row["cell"], str(len(row["seeds"]))] + ([_point(row["chosen"])] if tuned else [])
+        cells_md.append(f"{row['trainable_params'] / 1e6:.2f}M" if row["trainable_params"] else "n/a")
+        for m in metrics:
+            mean, std = row[m]
+            cells_md.append(f"{mean:.4g} ± {std:.2g}" if mean is not None else "n/a")
+        cells_md.append(f"{row['fit_min']:.1f}" if row["fit_min"] is not None else "n/a")
+        md_rows.append(cells_md)
+        csv_rows.append([row["cell"], len(row["seeds"])] + ([_point(row["chosen"])] if tuned else [])
+                        + [row["trainable_params"]] + [x for m in metrics for x in row[m]] + [row["fit_min"]])
+    if chance:
+        md_rows.append(["chance", ""] + ([""] if tuned else []) + [""]
+                       + [f"{chance[m]:.4g}" if m in chance else "" for m in metrics] + [""])
+    md = [f"# Sweep {name}", ""] + markdown_table(header, md_rows)
+    notes = [f"Mean ± standard deviation over seeds {spec['seeds']} (cells list the seeds that finished); "
+             "fit min: wall minutes of one seed's fit."]
+    if tuned:
+        select = protocol.get("select", {})
+        grid = {k: v for r in rows for k, v in (r["chosen"] or {}).items()}
+        notes.append(f"Protocol: for every cell, {', '.join(sorted(grid))} chosen from the grid "
+                     f"{ {k: v for k, v in (protocol.get('tune') or {}).items()} } (plus any cell-specific entries) by "
+                     f"{select.get('metric')} ({select.get('mode', 'min')}) on the validation split at seed "
+                     f"{protocol.get('tune_seed')}, with the same data, encoder, LLM and step budget; the test split "
+                     "is never used to choose. Grid values per cell:")
+        for row in rows:
+            values = ", ".join(f"{_point(t['point'])}: {t['value']:.4f}" if t["value"] is not None
+                               else f"{_point(t['point'])}: failed" for t in row["tuning"])
+            notes.append(f"- {row['cell']}: {values}")
+    if chance:
+        notes.append("chance: the accuracy of guessing uniformly over the classes.")
+    if failures:
+        notes += ["", "Failed runs (not in the means):"] + [f"- {k}: {v}" for k, v in failures.items()]
+    csv_header = ["cell", "seeds"] + (["chosen"] if tuned else []) + ["trainable_params"] + \
+        [x for m in metrics for x in (m, f"{m}_std")] + ["fit_min"]
+    if chance:
+        csv_rows.append(["chance", ""] + ([""] if tuned else []) + [""]
+                        + [x for m in metrics for x in (chance.get(m, ""), "")] + [""])
+    return "\n".join(md + [""] + notes) + "\n", csv_table(csv_header, csv_rows), rows
+
+
+def plot(path: Path, name: str, spec: dict, rows: list[dict], columns: int = 3) -> Optional[list[str]]:
+    """One panel per metric that has a value (n/a metrics are left out), in a grid sized for a page;
+    bars are means, error bars the standard deviation over seeds, the dashed line the chance level.
+    Returns the metrics drawn (None when none had a value)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chance = spec.get("chance") or {}
+    shown = [m for m in spec["metrics"] if any(r[m][0] is not None for r in rows)]
+    if not shown:
+        return None
+    ncols = min(columns, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, shown):
+        drawn = [r for r in rows if r[metric][0] is not None]
+        ax.bar(range(len(drawn)), [r[metric][0] for r in drawn], yerr=[r[metric][1] for r in drawn], capsize=4,
+               color="#4c72b0")
+        if metric in chance:
+            ax.axhline(chance[metric], color="#c44e52", linestyle="--", linewidth=1, label="chance")
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_xticks(range(len(drawn)), [r["cell"] for r in drawn], rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    seeds = max((len(r["seeds"]) for r in rows), default=0)
+    fig.suptitle(f"{name}: mean ± std over {seeds} seed(s)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return shown

@@ -1,0 +1,450 @@
+"""``python -m bridgebench sweep SWEEP.yaml``: run a sweep's cells x seeds under one protocol, then tabulate.
+
+A sweep file (``experiments/sweeps/*.yaml``) names:
+
+- ``needs``: runs that cells start from (an encoder trained by tagging, a stage-1 Q-Former), each
+  ``{configs: [...], overlay: {...}, per_seed: bool, inputs: {...}}``. A need is fitted (and tested,
+  so its metrics can be reported) once, or once per seed with ``per_seed``, into
+  ``<runs>/_needs/<name>[/seed<k>]``, and is recorded there (``need.json``): a sweep that names the
+  same need with other settings is refused instead of reusing the wrong run.
+- ``cells``: ``{base: [...], inputs: {...}, tune: {...}, <any config keys>}``. ``inputs`` maps a
+  config key to a need whose ``checkpoints/last.ckpt`` it receives on the command line
+  (``model.stage1_checkpoint: demo_stage1``), so the hand-off is explicit (``--tiny`` too).
+- ``protocol`` (optional): ``tune`` (a grid of dotted config keys, the same for every cell; a
+  cell's own ``tune`` adds entries), ``select`` (``val/loss``, lower is better, or
+  ``{metric, mode: max}``) and ``tune_seed``. Each grid point is fitted with the tune seed and
+  validated on the validation split; the best point is then fitted with every seed and tested.
+  Test data is never used to choose.
+- ``seeds``, ``metrics`` (``stage1:<metric>`` reads the need a cell got as
+  ``model.stage1_checkpoint``), ``chance`` (chance level per metric, drawn and printed).
+
+Every fit/validate/test runs in its own process, in its own run folder; a finished step is never
+run again (a rerun resumes an interrupted sweep), and a failed run is reported while the others
+go on. Live progress of the running command is one status line (``--quiet``: none). Results:
+``<results>/<name>.md``, ``.csv`` and ``.png`` (mean ± std over seeds, chance levels, what was tuned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from bridgebench.engine.progress import PREFIX as PROGRESS
+from bridgebench.errors import ConfigError, ConfigProblems
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("_") or "cell"
+
+
+# === The sweep file ===
+
+def _list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def load_sweep(path: str) -> dict:
+    """The sweep file, normalised; every problem is reported at once."""
+    try:
+        spec = yaml.safe_load(open(path)) or {}
+    except OSError as err:
+        raise ConfigError(f"sweep file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    problems = []
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep file {path}: not a sweep (a YAML mapping with 'cells')")
+    if not isinstance(spec.get("cells"), dict) or not spec["cells"]:
+        raise ConfigError(f"sweep file {path}: missing 'cells'")
+    spec["base"] = _list(spec.get("base"))
+    spec.setdefault("seeds", [0])
+    spec.setdefault("metrics", ["test/loss"])
+    spec.setdefault("chance", {})
+    needs = {}
+    for name, need in (spec.get("needs") or {}).items():
+        need = {"configs": need} if isinstance(need, (list, str)) else dict(need or {})
+        need["configs"] = _list(need.get("configs"))
+        need.setdefault("overlay", {})
+        need.setdefault("inputs", {})
+        need["per_seed"] = bool(need.get("per_seed", False))
+        if not need["configs"]:
+            problems.append(f"sweep file {path}: need '{name}' has no configs")
+        needs[name] = need
+    spec["needs"] = needs
+    protocol = dict(spec.get("protocol") or {})
+    select = protocol.get("select", "val/loss")
+    protocol["select"] = {"metric": select, "mode": "min"} if isinstance(select, str) else dict(select)
+    if protocol["select"].get("mode", "min") not in ("min", "max"):
+        problems.append(f"sweep file {path}: protocol.select.mode must be min or max")
+    protocol.setdefault("tune", {})
+    protocol.setdefault("tune_seed", spec["seeds"][0] if spec["seeds"] else 0)
+    spec["protocol"] = protocol
+    cells = {}
+    for name, cell in spec["cells"].items():
+        cell = dict(cell or {})
+        base = _list(cell.pop("base", None)) or spec["base"]
+        if not base:
+            problems.append(f"sweep file {path}: cell '{name}' has no 'base' configs (and the sweep none)")
+        inputs = dict(cell.pop("inputs", None) or {})
+        for key, need in inputs.items():
+            if need not in needs:
+                problems.append(f"sweep file {path}: cell '{name}' input {key} names need '{need}', which "
+                                f"'needs' lacks (it has {sorted(needs)})")
+        tune = {**protocol["tune"], **(cell.pop("tune", None) or {})}
+        for key, values in tune.items():
+            if not isinstance(values, list) or not values:
+                problems.append(f"sweep file {path}: cell '{name}' tune {key}: give a non-empty list of values")
+        cells[name] = {"base": base, "inputs": inputs, "tune": tune, "overlay": cell}
+    for name, need in needs.items():
+        for key, other in need["inputs"].items():
+            if other not in needs or other == name:
+                problems.append(f"sweep file {path}: need '{name}' input {key} names unknown need '{other}'")
+    if problems:
+        raise ConfigProblems(problems)
+    spec["cells"] = cells
+    return spec
+
+
+def resolve_config(path: str, sweep_file: str) -> str:
+    """A config path as given if it exists, else relative to the repository of the sweep file
+    (``<repo>/experiments/sweeps/x.yaml``), so a sweep runs from any working folder."""
+    if Path(path).exists():
+        return path
+    repo = Path(sweep_file).resolve().parent.parent.parent
+    return str(repo / path) if (repo / path).exists() else path
+
+
+def nested(dotted: dict) -> dict:
+    """``{"model.optimizer.lr": 1e-3}`` -> ``{"model": {"optimizer": {"lr": 1e-3}}}``."""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def grid(tune: dict) -> list[dict]:
+    """Every combination of a tune grid, as dotted-key dicts (one empty dict for no grid)."""
+    keys = list(tune)
+    return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))]
+
+
+def point_name(point: dict) -> str:
+    return slug(",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())) or "default"
+
+
+# === Running commands ===
+
+class Console:
+    """The sweep's own lines, and one live status line for the running command's progress."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stdout.isatty()
+        self.open = False
+
+    def say(self, text: str) -> None:
+        if self.open:
+            print(file=sys.stdout)
+            self.open = False
+        print(f"[sweep] {text}", flush=True)
+
+    def status(self, label: str, line: str) -> None:
+        if self.quiet:
+            return
+        text = f"[sweep] {label}: {line[len(PROGRESS):].strip()}"
+        if self.tty:
+            print("\r" + text[:160].ljust(160), end="", flush=True)
+            self.open = True
+        else:
+            print(text, flush=True)
+
+
+def run_commands(run_dir: Path, args: list[str], commands: list[list[str]], console: Console, label: str,
+                 env: Optional[dict] = None) -> tuple[Optional[str], dict]:
+    """Run ``python -m bridgebench <command> args`` for each command, output appended to
+    ``run_dir/sweep.log``; (error or None, seconds per command)."""
+    seconds = {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "sweep.log"
+    for command in commands:
+        cmd = [sys.executable, "-m", "bridgebench", command[0], *args, *command[1:]]
+        start = time.perf_counter()
+        with open(log_path, "a") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                    env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith(PROGRESS):
+                    console.status(f"{label} {command[0]}", line.strip())
+            code = proc.wait()
+        seconds[command[0]] = round(time.perf_counter() - start, 1)
+        if code != 0:
+            tail = [ln for ln in log_path.read_text().strip().splitlines() if not ln.startswith(PROGRESS)][-3:]
+            return f"{command[0]} exited {code}: " + " | ".join(tail), seconds
+    return None, seconds
+
+
+def config_args(configs: list[str], overlay_path: Optional[Path]) -> list[str]:
+    return [a for c in configs + ([str(overlay_path)] if overlay_path else []) for a in ("--config", c)]
+
+
+def write_overlay(run_dir: Path, overlay: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "sweep_overlay.yaml"
+    path.write_text(yaml.safe_dump(overlay, sort_keys=False))
+    return path
+
+
+def last_ckpt(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def claim(run_dir: Path, identity: dict, what: str) -> None:
+    """Record what a run folder is for; a folder made for other settings is an error, never reused."""
+    path = run_dir / "sweep_run.json"
+    if path.is_file():
+        before = json.loads(path.read_text())
+        if before != identity:
+            changed = sorted(k for k in set(before) | set(identity) if before.get(k) != identity.get(k))
+            raise ConfigError(f"{what}: its run folder {run_dir} was made with other settings ({', '.join(changed)} "
+                              "differ); delete that folder, or give the sweep another --name or --runs")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+
+
+def step_done(run_dir: Path, command: str) -> bool:
+    """A fit / validate that ended ok (run history), or a test whose results are in the run folder."""
+    from bridgebench.engine.run_folder import latest
+
+    if command == "test":
+        return (run_dir / "metrics.json").is_file()
+    return latest(run_dir, command) is not None
+
+
+class Sweep:
+    def __init__(self, spec: dict, opts, console: Console):
+        self.spec, self.opts, self.console = spec, opts, console
+        self.suffix = "-tiny" if opts.tiny else ""
+        self.tiny = ["experiments/tiny.yaml"] if opts.tiny else []
+        self.runs = Path(opts.runs)
+        self.failures: dict[str, str] = {}
+        self.need_runs: dict[tuple, Optional[Path]] = {}
+        self.timing: dict[str, dict] = {}
+
+    def configs(self, paths: list[str]) -> list[str]:
+        return [resolve_config(p, self.opts.sweep) for p in paths + self.tiny]
+
+    # --- needs ---
+
+    def need(self, name: str, seed: int) -> Optional[Path]:
+        """The run folder of need ``name`` for ``seed`` (fitted and tested now if not yet); None if it failed."""
+        need = self.spec["needs"][name]
+        seed = seed if need["per_seed"] else None
+        key = (name, seed)
+        if key in self.need_runs:
+            return self.need_runs[key]
+        run_dir = self.runs / "_needs" / slug(name + self.suffix) / (f"seed{seed}" if seed is not None else "")
+        label = f"need {name}" + (f" seed {seed}" if seed is not None else "")
+        self.need_runs[key] = None
+        args, error = self.input_args(need["inputs"], seed if seed is not None else self.spec["protocol"]["tune_seed"])
+        if error is None:
+            overlay = merge(need["overlay"], {"seed_everything": seed} if seed is not None else {})
+            claim(run_dir, {"configs": need["configs"], "overlay": overlay, "inputs": need["inputs"],
+                            "tiny": bool(self.tiny)}, label)
+            error = self.fit_and(run_dir, self.configs(need["configs"]), overlay, args, ["test"], label)
+        if error:
+            self.failures[label] = error
+            self.console.say(f"{label}: FAILED: {error}")
+            return None
+        self.need_runs[key] = run_dir
+        return run_dir
+
+    def input_args(self, inputs: dict, seed: int) -> tuple[list[str], Optional[str]]:
+        """``--key=<need>/checkpoints/last.ckpt`` for each input, fitting the needs first."""
+        args = []
+        for key, name in inputs.items():
+            run_dir = self.need(name, seed)
+            if run_dir is None:
+                return [], f"not run: need {name} failed"
+            args.append(f"--{key}={last_ckpt(run_dir)}")
+        return args, None
+
+    # --- runs ---
+
+    def fit_and(self, run_dir: Path, configs: list[str], overlay: dict, args: list[str], after: list[str],
+                label: str) -> Optional[str]:
+        """Fit (resuming an interrupted fit) unless done, then the ``after`` commands not yet done."""
+        overlay_path = write_overlay(run_dir, overlay)
+        common = config_args(configs, overlay_path) + [f"--trainer.default_root_dir={run_dir}", *args, *self.opts.args]
+        todo = []
+        if not step_done(run_dir, "fit"):
+            todo.append(["fit", "--ckpt_path=last"])
+        todo += [[c, f"--ckpt_path={last_ckpt(run_dir)}"] for c in after if not step_done(run_dir, c)]
+        if not todo:
+            self.console.say(f"{label}: done earlier ({run_dir})")
+            return None
+        self.console.say(f"{label}: {' + '.join(c[0] for c in todo)} in {run_dir}")
+        env = {"BRIDGEBENCH_QUIET": "1"} if self.opts.quiet else {}
+        error, seconds = run_commands(run_dir, common, todo, self.console, label, env)
+        if "fit" in seconds:  # wall time of the fit, summed over resumed attempts
+            path = run_dir / "sweep_timing.json"
+            fit = (json.loads(path.read_text()).get("fit", 0.0) if path.is_file() else 0.0) + seconds["fit"]
+            path.write_text(json.dumps({"fit": fit}) + "\n")
+        return error
+
+    def val_metric(self, run_dir: Path) -> Optional[float]:
+        from bridgebench.engine.run_folder import latest
+
+        folder = latest(run_dir, "validate")
+        path = folder / "metrics.json" if folder else None
+        if path is None or not path.is_file():
+            return None
+        value = json.loads(path.read_text()).get(self.spec["protocol"]["select"]["metric"])
+        return float(value) if isinstance(value, (int, float)) else None
+
+    # --- cells ---
+
+    def cell(self, name: str) -> dict:
+        """Tune (if the protocol has a grid), then fit and test every seed at the chosen setting.
+        Returns {"runs": {seed: metrics}, "tuning": [...], "chosen": {...}, "fit_s": [...]}."""
+        cell = self.spec["cells"][name]
+        protocol = self.spec["protocol"]
+        configs = self.configs(cell["base"])
+        cell_dir = self.runs / self.opts.name / slug(name)
+        out = {"runs": {}, "tuning": [], "chosen": {}, "fit_s": []}
+        tune_seed = protocol["tune_seed"]
+        chosen_dir = None
+        if cell["tune"]:
+            args, error = self.input_args(cell["inputs"], tune_seed)
+            if error:
+                self.failures[name] = error
+                return out
+            for point in grid(cell["tune"]):
+                run_dir = cell_dir / "tune" / point_name(point)
+                label = f"{name} tune {point_name(point)}"
+                overlay = merge(merge(cell["overlay"], nested(point)), {"seed_everything": tune_seed})
+                claim(run_dir, self.identity(cell, overlay, tune_seed), label)
+                error = self.fit_and(run_dir, configs, overlay, args, ["validate"], label)
+                value = None if error else self.val_metric(run_dir)
+                if error:
+                    self.failures[label] = error
+                    self.console.say(f"{label}: FAILED: {error}")
+                out["tuning"].append({"point": point, "value": value, "run": str(run_dir)})
+            scored = [t for t in out["tuning"] if t["value"] is not None]
+            if not scored:
+                self.failures[name] = "no tuning run finished; nothing to choose from"
+                return out
+            pick = max if protocol["select"].get("mode", "min") == "max" else min
+            best = pick(scored, key=lambda t: t["value"])
+            out["chosen"], chosen_dir = best["point"], Path(best["run"])
+            (cell_dir / "protocol.json").write_text(json.dumps({
+                "select": protocol["select"], "tune_seed": tune_seed, "chosen": out["chosen"],
+                "grid": [{"point": t["point"], "value": t["value"]} for t in out["tuning"]]}, indent=1) + "\n")
+            self.console.say(f"{name}: chose {point_name(best['point'])} "
+                             f"({protocol['select']['metric']} {best['value']:.4f} on the validation split)")
+        for seed in self.spec["seeds"]:
+            label = f"{name} seed {seed}"
+            args, error = self.input_args(cell["inputs"], seed)
+            overlay = merge(merge(cell["overlay"], nested(out["chosen"])), {"seed_everything": seed})
+            run_dir = chosen_dir if chosen_dir is not None and seed == tune_seed else cell_dir / f"seed{seed}"
+            if error is None:
+                claim(run_dir, self.identity(cell, overlay, seed), label)
+                error = self.fit_and(run_dir, configs, overlay, args, ["test"], label)
+            if error:
+                self.failures[label] = error
+                self.console.say(f"{label}: FAILED: {error}")
+                continue
+            results = json.loads((run_dir / "metrics.json").read_text())
+            stage1 = cell["inputs"].get("model.stage1_checkpoint")
+            if stage1 is not None:  # the cell's own stage-1 run: its metrics as "stage1:<name>"
+                need_dir = self.need(stage1, seed)
+                if need_dir is not None and (need_dir / "metrics.json").is_file():
+                    results.update({f"stage1:{k}": v for k, v in json.loads((need_dir / "metrics.json").read_text()).items()})
+            out["runs"][seed] = results
+            timing = run_dir / "sweep_timing.json"
+            if timing.is_file():
+                out["fit_s"].append(json.loads(timing.read_text()).get("fit"))
+            if self.opts.report:
+                from bridgebench.tools.report import report
+
+                print(report(run_dir, self.opts.report), flush=True)
+        return out
+
+    def identity(self, cell: dict, overlay: dict, seed: int) -> dict:
+        inputs = {k: f"{v}/seed{seed}" if self.spec["needs"][v]["per_seed"] else v for k, v in cell["inputs"].items()}
+        return {"configs": cell["base"], "overlay": overlay, "inputs": inputs, "tiny": bool(self.tiny),
+                "args": list(self.opts.args)}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from bridgebench.evaluation.sweep_table import plot, tabulate
+    from bridgebench.runtime.io import atomic_write, ensure_dir
+
+    parser = argparse.ArgumentParser(prog="python -m bridgebench sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="sweep file, e.g. experiments/sweeps/demo_bridges.yaml")
+    parser.add_argument("--tiny", action="store_true", help="add experiments/tiny.yaml (CPU check)")
+    parser.add_argument("--seeds", type=int, nargs="*", help="override the sweep's seeds")
+    parser.add_argument("--cells", nargs="*", help="run only these cells")
+    parser.add_argument("--runs", default="runs/sweeps", help="parent folder of the run folders")
+    parser.add_argument("--results", default="results", help="folder of the tables and the plot")
+    parser.add_argument("--name", help="name of the run folder and tables (default: the sweep file's name)")
+    parser.add_argument("--report", type=int, default=0, metavar="N",
+                        help="after each run, print N held-out clips (true labels, generated caption) and its metrics")
+    parser.add_argument("--quiet", action="store_true", help="no live progress (only the sweep's own lines)")
+    parser.epilog = "Arguments after -- are passed to every run, e.g. -- --trainer.max_steps=100"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    opts = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    opts.args = extra
+    for arg in extra:
+        if arg.startswith("--trainer.default_root_dir"):
+            raise ConfigError("--trainer.default_root_dir cannot be passed to a sweep (each run has its own folder)")
+    spec = load_sweep(opts.sweep)
+    if opts.seeds:
+        spec["seeds"] = opts.seeds
+    if opts.cells:
+        unknown = sorted(set(opts.cells) - set(spec["cells"]))
+        if unknown:
+            raise ConfigError(f"--cells: unknown {unknown}; the sweep has {list(spec['cells'])}")
+        spec["cells"] = {c: spec["cells"][c] for c in opts.cells}
+    opts.name = (opts.name or Path(opts.sweep).stem) + ("-tiny" if opts.tiny else "")
+    out = ensure_dir(opts.results, "--results")
+    ensure_dir(opts.runs, "--runs")
+    console = Console(opts.quiet)
+    sweep = Sweep(spec, opts, console)
+    cells = {name: sweep.cell(name) for name in spec["cells"]}
+    md, table_csv, rows = tabulate(opts.name, spec, cells, sweep.failures)
+    atomic_write(out / f"{opts.name}.md", md)
+    atomic_write(out / f"{opts.name}.csv", table_csv)
+    plot(out / f"{opts.name}.png", opts.name, spec, rows)
+    console.say(f"wrote {out / (opts.name + '.md')}, .csv and .png")
+    print(md)
+    return 1 if sweep.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
