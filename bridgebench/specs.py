@@ -303,22 +303,36 @@ class Stage1Spec:
 
 
 @dataclass
+class ClassifySpec:
+    """One classification by vocabulary ranking (MINT; LAVIS ``_predict_class``)."""
+
+    label: str = "instrument"
+    """A manifest ``labels`` key (e.g. ``instrument``) whose classes are ranked by LLM likelihood."""
+    instruction: str = "What is the lead instrument?"
+    """Instruction given with the audio when ranking the classes."""
+    candidates: Optional[list[str]] = None
+    """The classes to rank (default: every value of ``label`` in the test split)."""
+
+
+@dataclass
 class EvalSpec:
-    """What ``test`` measures besides the losses: caption metrics of the generated text,
-    classification by vocabulary ranking, and (stage 1) retrieval and zero-shot classification."""
+    """What ``test`` measures besides the losses: caption metrics of the generated text, answers
+    per question type, classification by vocabulary ranking, and (stage 1) retrieval and zero-shot
+    classification."""
 
     metric_modes: list[str] = field(default_factory=lambda: ["standard"])
-    """Caption/QA scoring conventions: ``standard`` (aac-metrics, corpus level, PTB tokens),
+    """Caption scoring conventions: ``standard`` (aac-metrics, corpus level, PTB tokens),
     ``musilingo`` (its qa.py), ``lp-musiccaps`` (its evaluation); empty = none."""
-    classify_label: Optional[str] = None
-    """A manifest ``labels`` key (e.g. ``instrument``): rank its classes by LLM likelihood (MINT)."""
-    classify_instruction: str = "What is the lead instrument?"
-    """Instruction given with the audio when ranking the classes."""
-    classify_candidates: Optional[list[str]] = None
-    """The classes to rank (default: every value of ``classify_label`` in the test split)."""
+    qa_metric_modes: list[str] = field(default_factory=lambda: ["musilingo"])
+    """Conventions for the answers to questions (per question type and over all questions)."""
+    classify: list[ClassifySpec] = field(default_factory=list)
+    """Classifications by vocabulary ranking, e.g. ``[{label: instrument, instruction: "What is the
+    lead instrument?"}]``; each reports ``classify_<label>_accuracy_{sum,mean}`` (summed NLL as LAVIS,
+    and length-normalised)."""
     attribute_vocabulary: Optional[str] = None
     """``music-synth``: read the attributes each generated caption names (closed vocabularies) and
-    report per-attribute accuracy against the clip's true labels."""
+    report per-attribute accuracy against the clip's true labels, and answer accuracy per question
+    type."""
 
     rerank_k: int = at_least(0, 0)
     """Re-rank the top-k ATC candidates by ATM logit + ATC similarity (LAVIS: 128); 0 = off."""

@@ -22,10 +22,12 @@ class TextProcessor:
     bridge: Any = None
     stage1: Any = None
 
-    def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+    def __call__(self, instructions: list[str], targets: Optional[list[str]] = None,
+                 bridge_instructions: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
+        """``bridge_instructions`` (default: ``instructions``) is what an instruction-reading bridge sees."""
         out = self.llm(instructions, targets) if self.llm is not None else {}
         if self.bridge is not None:
-            out.update(self.bridge(instructions))
+            out.update(self.bridge(instructions if bridge_instructions is None else bridge_instructions))
         if self.stage1 is not None and targets is not None:
             out.update(self.stage1(targets))
         return out

@@ -39,6 +39,8 @@ TRAIN_TARGETS = ("random", "first")
 def check_options(data: dict) -> list[str]:
     """Every problem of a ``data:`` section (the datamodule's arguments, as parsed), one line each."""
     out = []
+    if data.get("eval_task") is not None and data["eval_task"] not in TASKS:
+        out.append(f"data.eval_task: unknown value '{data['eval_task']}'; choose one of: {', '.join(TASKS)}")
     for key, options in (("task", TASKS), ("features", FEATURE_MODES), ("train_crop", CROPS),
                          ("train_target", TRAIN_TARGETS)):
         if key in data and data[key] not in options:
@@ -77,22 +79,25 @@ class Example:
     instruction: Optional[str]  # None: drawn from the instruction templates
     targets: list[str]  # one is drawn in training; all are references in evaluation
     qa: Optional[list[dict]] = None  # set: one of these instruction/answer pairs is drawn per visit
+    qa_type: Optional[str] = None  # the question's type (manifest qa ``type``), for per-type scores
 
 
 def build_examples(clips: list[Clip], task: str, source: str, train: bool = False) -> list[Example]:
-    """A split's examples. ``caption+qa`` gives each training clip two examples, its caption and a
-    question drawn per visit, and evaluates on the captions alone (so caption metrics stay comparable)."""
+    """A split's examples. In training, ``caption+qa`` gives each clip two examples, its caption and a
+    question drawn per visit; in evaluation it gives the caption and every question (one example
+    each), so caption metrics and per-question-type answers are both measured (``eval_task``)."""
     out = []
     for clip in clips:
         if task in ("caption", "caption+qa"):
             if not clip.captions:
                 raise ManifestError(f"{source}: clip '{clip.id}' has no captions (task: {task})")
             out.append(Example(clip, None, clip.captions))
-        if task == "qa" or (task == "caption+qa" and train):
+        if task in ("qa", "caption+qa"):
             if not clip.qa:
                 raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: {task})")
-            if task == "qa":
-                out.extend(Example(clip, pair["instruction"], [pair["answer"]]) for pair in clip.qa)
+            if task == "qa" or not train:
+                out.extend(Example(clip, pair["instruction"], [pair["answer"]], qa_type=pair.get("type"))
+                           for pair in clip.qa)
             else:
                 out.append(Example(clip, None, [], qa=clip.qa))
     return out
@@ -151,9 +156,12 @@ class AudioTextDataset(Dataset):
             if not self.skip_bad_audio:
                 raise
             return {"skip": True, "id": ex.clip.id, "audio_path": ex.clip.audio, "reason": str(err)}
+        # None for a caption; a question's manifest ``type``, or "qa" when the manifest gives none.
+        qa_type = (ex.qa_type or "qa") if ex.instruction is not None else None
         if ex.qa is not None:
             pair = rng.choice(ex.qa)
             instruction, target, references = pair["instruction"], pair["answer"], [pair["answer"]]
+            qa_type = pair.get("type") or "qa"
         else:
             if ex.instruction is not None:
                 instruction = ex.instruction
@@ -162,7 +170,8 @@ class AudioTextDataset(Dataset):
             target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
             references = list(ex.targets)
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
-                "references": references, "labels": ex.clip.labels, "tags": ex.clip.tags}
+                "references": references, "labels": ex.clip.labels, "tags": ex.clip.tags,
+                "qa_type": qa_type}
 
 
 class EpochSampler(torch.utils.data.distributed.DistributedSampler):
@@ -205,19 +214,23 @@ class ResumableLoader(DataLoader):
 
 @dataclass
 class Collate:
-    """Pads audio (+ mask) and tokenises the text with the model's processors."""
+    """Pads audio (+ mask) and tokenises the text with the model's processors. ``bridge_instruction``
+    (if set) is what a bridge that reads the instruction sees instead of each example's own (the
+    LLM still gets the real one): the instruction-awareness ablation."""
 
     text: object
+    bridge_instruction: Optional[str] = None
 
     def __call__(self, items: list[dict]) -> dict:
         skipped = [{k: it[k] for k in ("id", "audio_path", "reason")} for it in items if it.get("skip")]
         items = [it for it in items if not it.get("skip")]
         instructions = [it["instruction"] for it in items]
         targets = [it["target"] for it in items]
+        for_bridge = None if self.bridge_instruction is None else [self.bridge_instruction] * len(items)
         batch = {"id": [it["id"] for it in items], "instruction": instructions, "target": targets,
                  "references": [it["references"] for it in items], "labels": [it["labels"] for it in items],
-                 "tags": [it["tags"] for it in items], "skipped": skipped,
-                 "text": self.text(instructions, targets) if items else {}}
+                 "tags": [it["tags"] for it in items], "qa_type": [it.get("qa_type") for it in items],
+                 "skipped": skipped, "text": self.text(instructions, targets, for_bridge) if items else {}}
         if items and "features" in items[0]:
             batch["features"], _ = pad_batch([it["features"] for it in items])
             valid = torch.tensor([it["valid"] for it in items])
@@ -248,9 +261,13 @@ class AudioTextDataModule(L.LightningDataModule):
         manifest: Path of a JSONL manifest, or a built-in set: ``builtin:tones``.
         task: ``caption`` (target = a caption, instruction = a template), ``qa`` (the clip's
             instruction/answer pairs, one example each) or ``caption+qa`` (training sees each clip
-            twice an epoch: its caption, and one of its questions drawn per visit; evaluation uses
-            the captions alone). The questions give every step direct targets for single
-            attributes, which a caption names among many words.
+            twice an epoch: its caption, and one of its questions drawn per visit). The questions
+            give every step direct targets for single attributes, which a caption names among many
+            words.
+        eval_task: What validation, test and predict use: ``caption``, ``qa`` or ``caption+qa`` (the
+            caption and every question of each clip, scored apart: caption metrics on the captions,
+            answers per question type). Default: ``task``, except that ``caption+qa`` evaluates on
+            the captions alone.
         instructions: Instruction templates for ``caption``; training draws one per example,
             evaluation uses the first.
         batch_size: Training batch size per device.
@@ -271,12 +288,17 @@ class AudioTextDataModule(L.LightningDataModule):
         train_target: Which of a clip's captions training uses: ``random`` (one drawn per visit) or
             ``first`` (always the first, e.g. music-synth's canonical tag list). Evaluation always
             scores against all of them.
+        bridge_instruction: A fixed text that a bridge reading the instruction (the Bridge-Net) sees
+            instead of each example's instruction; the LLM still gets the real one. ``""`` blinds the
+            bridge to the question: the instruction-awareness ablation (set it in fit to train so,
+            or in test alone).
     """
 
     def __init__(
         self,
         manifest: str = "builtin:tones",
         task: str = "caption",
+        eval_task: Optional[str] = None,
         instructions: Optional[list[str]] = None,
         batch_size: int = 8,
         eval_batch_size: Optional[int] = None,
@@ -289,10 +311,11 @@ class AudioTextDataModule(L.LightningDataModule):
         skip_bad_audio: bool = False,
         feature_cache: Optional[str] = None,
         train_target: str = "random",
+        bridge_instruction: Optional[str] = None,
     ):
         super().__init__()
-        problems = check_options(dict(manifest=manifest, task=task, instructions=instructions, batch_size=batch_size,
-                                      eval_batch_size=eval_batch_size, num_workers=num_workers,
+        problems = check_options(dict(manifest=manifest, task=task, eval_task=eval_task, instructions=instructions,
+                                      batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                                       clip_seconds=clip_seconds, splits=splits, limit=limit, features=features,
                                       train_crop=train_crop, train_target=train_target))
         if problems:
@@ -301,10 +324,12 @@ class AudioTextDataModule(L.LightningDataModule):
         self.train_crop = train_crop
         self.skip_bad_audio = skip_bad_audio
         self.train_target = train_target
+        self.bridge_instruction = bridge_instruction
         self.feature_cache = feature_cache
         self.cache_hint = "python -m bridgebench cache --config <the same config files>"
         self.manifest = manifest
         self.task = task
+        self.eval_task = eval_task or ("caption" if task == "caption+qa" else task)
         self.instructions = list(instructions or ["Generate an objective music description."])
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -376,11 +401,12 @@ class AudioTextDataModule(L.LightningDataModule):
     def dataset(self, role: str) -> AudioTextDataset:
         split = self.splits[role]
         clips = self.clips(role)
-        examples = build_examples(clips, self.task, f"{self.manifest} (split '{split}')", train=role == "train")
+        task = self.task if role == "train" else self.eval_task
+        examples = build_examples(clips, task, f"{self.manifest} (split '{split}')", train=role == "train")
         if self.limit is not None:
             examples = examples[: self.limit]
         if not examples:
-            raise ManifestError(f"{self.manifest}: split '{split}' has no examples for task '{self.task}'")
+            raise ManifestError(f"{self.manifest}: split '{split}' has no examples for task '{task}'")
         windows = [s for s in (self.clip_seconds, self.contract.max_seconds) if s is not None]
         return AudioTextDataset(examples, self.contract.sample_rate, min(windows) if windows else None,
                                 self.instructions, train=role == "train", random_crop=self.train_crop == "random",
@@ -414,7 +440,8 @@ class AudioTextDataModule(L.LightningDataModule):
                 self._resume = None
         return ResumableLoader(
             dataset, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
-            num_workers=self.num_workers, collate_fn=Collate(self.contract.text), drop_last=False,
+            num_workers=self.num_workers, collate_fn=Collate(self.contract.text, self.bridge_instruction),
+            drop_last=False,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
         )
 

@@ -106,6 +106,8 @@ def parse_row(row, where: str, root: str, counts: dict, line: int = 0) -> Clip:
             raise ManifestError(f"{where}: qa pair {k + 1} needs 'instruction' and 'answer'")
         qa.append({"instruction": _text(pair["instruction"], where, f"qa {k + 1} instruction", counts),
                    "answer": _text(pair["answer"], where, f"qa {k + 1} answer", counts)})
+        if "type" in pair:  # the question's type (e.g. instrument), for per-type scores
+            qa[-1]["type"] = _text(pair["type"], where, f"qa {k + 1} type", counts)
     tags = row.get("tags", [])
     if not isinstance(tags, list):
         raise ManifestError(f"{where}: 'tags' is {_type_name(tags)}, not a list of texts (e.g. [\"piano\", \"slow\"])")

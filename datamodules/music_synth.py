@@ -54,7 +54,7 @@ from bridgebench.runtime.paths import build_once, cache_dir
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: qa pairs carry their type
 INSTALL_HINT = (
     "the music-synth set needs FluidSynth and pretty_midi: run `apt-get install libfluidsynth3` "
     "(the system library libfluidsynth.so.3; on macOS `brew install fluid-synth`) and "
@@ -533,7 +533,7 @@ def _text(labels: dict, rng: np.random.Generator) -> tuple[list[str], list[str],
     picks = rng.choice(len(TEMPLATES), size=3, replace=False)
     captions = [", ".join(tags)] + [TEMPLATES[int(k)].format(**fields) for k in picks]
     answers = dict(labels, bpm=f"{labels['bpm']} bpm", key=f"{labels['key']} {labels['mode']}")
-    qa = [{"instruction": q, "answer": str(answers[a])} for q, a in QUESTIONS]
+    qa = [{"instruction": q, "answer": str(answers[a]), "type": a} for q, a in QUESTIONS]
     return tags, captions, qa
 
 

@@ -28,8 +28,7 @@ def _fit_test(preset, run_dir, *extra):
 def test_test_run_writes_metrics_and_predictions_and_results_aggregates(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     _fit_test("musilingo_stage2", a, "--model.evaluation.metric_modes=[standard, musilingo]",
-              "--model.evaluation.classify_label=dynamics",
-              "--model.evaluation.classify_instruction=Is it played soft, medium or loud?")
+              "--model.evaluation.classify=[{label: dynamics, instruction: 'Is it played soft, medium or loud?'}]")
     _fit_test("blap_stage2", b)
     metrics = json.loads((a / "metrics.json").read_text())
     for key in ("test/loss", "test/bleu_4", "test/rouge_l", "test/cider_d", "test/musilingo/rouge_l_recall",

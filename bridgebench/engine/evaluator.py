@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import torch
 
+from bridgebench.evaluation.answers import answer_accuracy
 from bridgebench.evaluation.attributes import attribute_accuracy
 from bridgebench.evaluation.ranking import (
     classification_metrics,
@@ -66,8 +67,11 @@ class Scorer:
 
 
 class GenerationScorer(Scorer):
-    """Generated text for every test clip: the predictions file, caption/QA metrics in each
-    ``evaluation.metric_modes`` convention, and closed-vocabulary attribute accuracy."""
+    """Generated text for every test example: the predictions file; for captions, caption metrics in
+    each ``evaluation.metric_modes`` convention and closed-vocabulary attribute accuracy; for
+    questions beside captions, the ``evaluation.qa_metric_modes`` metrics over all questions (a
+    question-only task keeps ``metric_modes`` and the usual names); per question type, those
+    metrics and answer accuracy."""
 
     def enabled(self, stage: str) -> bool:
         return stage == "test" and self.module.llm is not None
@@ -76,77 +80,114 @@ class GenerationScorer(Scorer):
         m = self.module
         soft = m.bridge(encoded[0].float(), encoded[1], batch["text"])
         labels = batch.get("labels", [{}] * len(batch["id"]))
+        qa_types = batch.get("qa_type", [None] * len(batch["id"]))
         for i, text in enumerate(m.generate(batch, soft)):
-            self.rows.append({"id": batch["id"][i], "instruction": batch["instruction"][i], "prediction": text,
-                              "references": batch["references"][i], "labels": labels[i]})
+            row = {"id": batch["id"][i], "instruction": batch["instruction"][i], "prediction": text,
+                   "references": batch["references"][i], "labels": labels[i]}
+            if qa_types[i] is not None:
+                row["qa_type"] = qa_types[i]
+            self.rows.append(row)
 
     def compute(self, stage: str) -> dict[str, Any]:
-        from bridgebench.evaluation.text import caption_metrics
-
-        self.rows = sorted(gather(self.rows), key=lambda r: str(r["id"]))
-        spec = self.module.eval_spec
+        self.rows = sorted(gather(self.rows), key=lambda r: (str(r["id"]), r.get("qa_type") or ""))
         if not self.rows or not self.module.is_global_zero():
             return {}
-        preds = [r["prediction"] for r in self.rows]
-        refs = [r["references"] for r in self.rows]
+        spec = self.module.eval_spec
+        captions = [r for r in self.rows if "qa_type" not in r]
+        answers = [r for r in self.rows if "qa_type" in r]
         dm = self.module.datamodule()
         train = dm.target_texts("train") if dm is not None and hasattr(dm, "target_texts") else None
         out: dict[str, Any] = {}
-        for mode in spec.metric_modes:  # non-standard modes prefix their names (musilingo/..., lpmc/...)
-            out.update(caption_metrics(preds, refs, mode=mode, train_captions=train or None))
-        if spec.attribute_vocabulary:
-            out.update(attribute_accuracy(self.rows, spec.attribute_vocabulary))
+        if captions:
+            out.update(_text_metrics(captions, spec.metric_modes, train, ""))
+            if spec.attribute_vocabulary:
+                out.update(attribute_accuracy(captions, spec.attribute_vocabulary))
+        if answers and not captions:  # a question-answering task: its metrics under the usual names
+            out.update(_text_metrics(answers, spec.metric_modes, train, ""))
+        elif answers:
+            out.update(_text_metrics(answers, spec.qa_metric_modes, None, "qa/"))
+        if answers:
+            for qa_type in sorted({r["qa_type"] for r in answers} - {"qa"}):  # "qa": a question without a type
+                typed = [r for r in answers if r["qa_type"] == qa_type]
+                out.update(_text_metrics(typed, spec.qa_metric_modes, None, f"qa/{qa_type}/"))
+            if spec.attribute_vocabulary:
+                out.update(answer_accuracy(answers))
         return out
 
 
-class ClassificationScorer(Scorer):
-    """Classification by vocabulary ranking (MINT; LAVIS ``_predict_class``): the classes of
-    ``evaluation.classify_label`` ranked by the LLM's NLL of each class name, after the instruction."""
+def _text_metrics(rows: list[dict], modes: list[str], train: Optional[list[str]], prefix: str) -> dict[str, Any]:
+    from bridgebench.evaluation.text import caption_metrics
 
-    candidates: list[str] = []
+    out: dict[str, Any] = {}
+    preds, refs = [r["prediction"] for r in rows], [r["references"] for r in rows]
+    for mode in modes:  # non-standard modes prefix their names (musilingo/..., lpmc/...)
+        out.update({prefix + k: v for k, v in caption_metrics(preds, refs, mode=mode, train_captions=train).items()})
+    return out
+
+
+class ClassificationScorer(Scorer):
+    """Classification by vocabulary ranking (MINT; LAVIS ``_predict_class``): for each entry of
+    ``evaluation.classify``, the label's classes ranked by the LLM's NLL of each class name after
+    the entry's instruction."""
+
+    def __init__(self, module):
+        super().__init__(module)
+        self.candidates: dict[str, list[str]] = {}
 
     def enabled(self, stage: str) -> bool:
-        return stage == "test" and self.module.llm is not None and bool(self.module.eval_spec.classify_label)
+        return stage == "test" and self.module.llm is not None and bool(self.module.eval_spec.classify)
 
     def start(self, stage: str) -> None:
         super().start(stage)
-        spec = self.module.eval_spec
         dm = self.module.datamodule()
-        if spec.classify_candidates:
-            self.candidates = list(spec.classify_candidates)
-        else:
-            self.candidates = dm.label_values("test", spec.classify_label) if dm is not None else []
+        self.candidates = {c.label: list(c.candidates) if c.candidates else
+                           (dm.label_values("test", c.label) if dm is not None else [])
+                           for c in self.module.eval_spec.classify}
 
     @torch.no_grad()
     def collect(self, batch: dict, encoded: tuple) -> None:
-        if not self.candidates:
-            return
-        m, spec = self.module, self.module.eval_spec
-        instruction = [spec.classify_instruction] * len(batch["id"])
-        text = {k: v.to(m.device) for k, v in m.data_contract().text(instruction).items()}
-        soft, soft_mask = m.bridge(encoded[0].float(), encoded[1], text)
-        nll, counts = m.llm.candidate_nll(soft, soft_mask, text, self.candidates)
-        for i, clip_id in enumerate(batch["id"]):
-            truth = batch["labels"][i].get(spec.classify_label)
-            self.rows.append({"id": clip_id, "nll": nll[i].cpu(), "counts": counts[i].cpu(), "truth": truth})
+        m = self.module
+        keep = [batch["id"].index(c) for c in dict.fromkeys(batch["id"])]  # a qa set repeats clips: once each
+        feats, mask = encoded[0][keep].float(), encoded[1][keep]
+        for spec in m.eval_spec.classify:
+            candidates = self.candidates.get(spec.label)
+            if not candidates:
+                continue
+            dm = m.datamodule()
+            fixed = getattr(dm, "bridge_instruction", None)  # the instruction ablation holds here too
+            text = m.data_contract().text([spec.instruction] * len(keep), None,
+                                          None if fixed is None else [fixed] * len(keep))
+            text = {k: v.to(m.device) for k, v in text.items()}
+            soft, soft_mask = m.bridge(feats, mask, text)
+            nll, counts = m.llm.candidate_nll(soft, soft_mask, text, candidates)
+            for n, i in enumerate(keep):
+                truth = batch["labels"][i].get(spec.label)
+                self.rows.append({"id": batch["id"][i], "label": spec.label, "nll": nll[n].cpu(),
+                                  "counts": counts[n].cpu(), "truth": truth})
 
     def compute(self, stage: str) -> dict[str, Any]:
-        rows = [r for r in unique_by_id(gather(self.rows)) if r["truth"] is not None]
-        if not rows or not self.candidates:
-            return {}
-        ranking = rank_classes(torch.stack([r["nll"] for r in rows]), torch.stack([r["counts"] for r in rows]))
-        index = {c: i for i, c in enumerate(self.candidates)}
-        label = self.module.eval_spec.classify_label
-        multilabel = isinstance(rows[0]["truth"], list)
-        if multilabel:
-            targets = torch.zeros(len(rows), len(index), dtype=torch.long)
-            for n, r in enumerate(rows):
-                for v in r["truth"]:
-                    targets[n, index[str(v)]] = 1
-        else:
-            targets = torch.tensor([index.get(str(r["truth"]), -1) for r in rows])
-        out = classification_metrics(ranking, targets, multilabel=multilabel)
-        return {f"classify_{label}_{k}": 100.0 * v if k.startswith("accuracy") else v for k, v in out.items()}
+        rows = gather(self.rows)
+        out: dict[str, Any] = {}
+        for label, candidates in self.candidates.items():
+            mine = [r for r in unique_by_id([r for r in rows if r["label"] == label]) if r["truth"] is not None]
+            if mine and candidates:
+                out.update(_classification(label, candidates, mine))
+        return out
+
+
+def _classification(label: str, candidates: list[str], rows: list[dict]) -> dict[str, Any]:
+    ranking = rank_classes(torch.stack([r["nll"] for r in rows]), torch.stack([r["counts"] for r in rows]))
+    index = {c: i for i, c in enumerate(candidates)}
+    multilabel = isinstance(rows[0]["truth"], list)
+    if multilabel:
+        targets = torch.zeros(len(rows), len(index), dtype=torch.long)
+        for n, r in enumerate(rows):
+            for v in r["truth"]:
+                targets[n, index[str(v)]] = 1
+    else:
+        targets = torch.tensor([index.get(str(r["truth"]), -1) for r in rows])
+    out = classification_metrics(ranking, targets, multilabel=multilabel)
+    return {f"classify_{label}_{k}": 100.0 * v if k.startswith("accuracy") else v for k, v in out.items()}
 
 
 class RetrievalScorer(Scorer):
@@ -279,8 +320,3 @@ def _match(module, rows, audio_idx, ids, mask, chunk: int = 64) -> torch.Tensor:
                                                  ids[i:i + chunk].to(module.device),
                                                  mask[i:i + chunk].to(module.device)).float().cpu())
     return torch.cat(scores)
-
-
-def classification_of(module) -> Optional[list[str]]:
-    """The candidates the classification scorer ranks (for reports)."""
-    return module.evaluator.scorers["classification"].candidates

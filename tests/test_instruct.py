@@ -1,0 +1,96 @@
+"""Instruction tuning and question answering: per-question-type evaluation, answer accuracy by
+vocabulary match, several classifications by ranking, and the Bridge-Net's instruction ablation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import tiny_module
+
+from bridgebench.datamodules import AudioTextDataModule
+from bridgebench.engine.lightning_cli import run
+from bridgebench.evaluation.answers import answer_accuracy, answer_correct
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
+
+
+@pytest.mark.parametrize("qa_type,prediction,truth,right", [
+    ("instrument", "The lead is an electric piano.", "electric piano", True),
+    ("instrument", "acoustic piano", "electric piano", False),
+    ("instrument", "electric piano or organ", "electric piano", False),  # hedging is wrong
+    ("genre", "bossa nova", "bossa nova", True),
+    ("tempo_class", "slow", "slow", True),
+    ("tempo_class", "It has a slow tempo.", "slow", True),
+    ("tempo_class", "medium or fast", "fast", False),
+    ("dynamics", "loud dynamics", "loud", True),
+    ("mode", "It is in a minor key.", "minor", True),
+    ("key", "C# minor", "C# minor", True),
+    ("key", "C minor", "C# minor", False),
+    ("bpm", "about 126 bpm", "120 bpm", True),  # within 8%
+    ("bpm", "140 bpm", "120 bpm", False),
+    ("bpm", "120 or 130 bpm", "120 bpm", False),
+])
+def test_answers_are_scored_by_vocabulary_match_per_question_type(qa_type, prediction, truth, right):
+    assert answer_correct(qa_type, prediction, truth) is right
+
+
+def test_answer_accuracy_reports_each_type_and_their_mean():
+    rows = [{"qa_type": "genre", "prediction": "rock", "references": ["rock"]},
+            {"qa_type": "genre", "prediction": "jazz", "references": ["rock"]},
+            {"qa_type": "mode", "prediction": "major", "references": ["major"]},
+            {"qa_type": "free", "prediction": "anything", "references": ["x"]}]  # no vocabulary: text metrics only
+    out = answer_accuracy(rows)
+    assert out == {"qa/genre/accuracy": 50.0, "qa/mode/accuracy": 100.0, "qa/accuracy": 75.0}
+
+
+def test_eval_task_caption_plus_qa_evaluates_every_question_with_its_type():
+    module = tiny_module(bridge="linear_pool")
+    dm = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", eval_task="caption+qa",
+                             batch_size=2, num_workers=0, clip_seconds=2.0)
+    dm.connect(module.data_contract())
+    test = dm.dataset("test")
+    clips = dm.clips("test")
+    assert len(test) == len(clips) * 8  # the caption and the 7 questions of each clip
+    types = [test[i]["qa_type"] for i in range(len(test))]
+    assert types.count(None) == len(clips)
+    assert {t for t in types if t} == {"instrument", "genre", "tempo_class", "bpm", "key", "mode", "dynamics"}
+    default = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", num_workers=0)
+    default.connect(module.data_contract())
+    assert len(default.dataset("test")) == len(clips)  # without eval_task: captions alone, as before
+
+
+def test_the_bridge_can_be_shown_a_fixed_instruction_while_the_llm_gets_the_real_one():
+    module = tiny_module(bridge="bridgenet", llm="causal")
+    normal = AudioTextDataModule(manifest="builtin:music-synth-small", task="qa", batch_size=4, num_workers=0,
+                                 clip_seconds=2.0)
+    blind = AudioTextDataModule(manifest="builtin:music-synth-small", task="qa", batch_size=4, num_workers=0,
+                                clip_seconds=2.0, bridge_instruction="")
+    for dm in (normal, blind):
+        dm.connect(module.data_contract())
+    a, b = next(iter(normal.test_dataloader())), next(iter(blind.test_dataloader()))
+    assert a["instruction"] == b["instruction"]
+    assert torch.equal(a["text"]["post_ids"], b["text"]["post_ids"])  # the LLM's prompt is unchanged
+    assert not torch.equal(a["text"]["bridge_mask"], b["text"]["bridge_mask"])
+    assert b["text"]["bridge_mask"].sum(1).tolist() == [2] * 4  # [CLS] [SEP] of the empty text only
+
+
+def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path):
+    args = ["--config", os.path.join(ROOT, "experiments", "demo_linear_pool.yaml"), "--config", TINY,
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--data.task=caption+qa",
+            "--data.eval_task=caption+qa", "--data.features=audio", "--model.encoder_checkpoint=null",
+            "--model.evaluation.metric_modes=[musilingo]",
+            "--model.evaluation.classify=[{label: instrument, instruction: 'What is the lead instrument?'}, "
+            "{label: genre, instruction: 'What genre is this music?'}]", "--trainer.limit_test_batches=4"]
+    run(["fit", *args])
+    run(["test", *args, "--ckpt_path=last"])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("test/qa/accuracy", "test/qa/instrument/accuracy", "test/qa/musilingo/rouge_l_recall",
+                "test/classify_instrument_accuracy_sum", "test/classify_genre_accuracy_mean",
+                "test/attr_acc_instrument"):
+        assert isinstance(metrics.get(key), float), (key, sorted(metrics))
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert any("qa_type" in r for r in rows) and any("qa_type" not in r for r in rows)
