@@ -107,8 +107,9 @@ class AudioTextDataset(Dataset):
     def __init__(self, examples: list[Example], sample_rate: int, clip_seconds: Optional[float],
                  instructions: list[str], train: bool, random_crop: bool = True, skip_bad_audio: bool = False,
                  store: Optional[FeatureStore] = None, serve_features: bool = False, cache_hint: str = "",
-                 seed: int = 0, train_target: str = "random"):
+                 seed: int = 0, train_target: str = "random", qa_instructions: Optional[dict[str, str]] = None):
         self.examples = examples
+        self.qa_instructions = qa_instructions or {}
         self.train_target = train_target
         self.seed = seed
         self.sample_rate = sample_rate
@@ -162,9 +163,10 @@ class AudioTextDataset(Dataset):
             pair = rng.choice(ex.qa)
             instruction, target, references = pair["instruction"], pair["answer"], [pair["answer"]]
             qa_type = pair.get("type") or "qa"
+            instruction = self.qa_instructions.get(qa_type, instruction)
         else:
             if ex.instruction is not None:
-                instruction = ex.instruction
+                instruction = self.qa_instructions.get(qa_type, ex.instruction)
             else:
                 instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
             target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
@@ -288,6 +290,9 @@ class AudioTextDataModule(L.LightningDataModule):
         train_target: Which of a clip's captions training uses: ``random`` (one drawn per visit) or
             ``first`` (always the first, e.g. music-synth's canonical tag list). Evaluation always
             scores against all of them.
+        qa_instructions: Instructions per question type (``{instrument: "The most prominent
+            instrument in this music is"}``) that replace the manifest's wording of those questions,
+            in training and evaluation: a paper's instruction templates on a set's own questions.
         bridge_instruction: A fixed text that a bridge reading the instruction (the Bridge-Net) sees
             instead of each example's instruction; the LLM still gets the real one. ``""`` blinds the
             bridge to the question: the instruction-awareness ablation (set it in fit to train so,
@@ -311,6 +316,7 @@ class AudioTextDataModule(L.LightningDataModule):
         skip_bad_audio: bool = False,
         feature_cache: Optional[str] = None,
         train_target: str = "random",
+        qa_instructions: Optional[dict[str, str]] = None,
         bridge_instruction: Optional[str] = None,
     ):
         super().__init__()
@@ -325,6 +331,7 @@ class AudioTextDataModule(L.LightningDataModule):
         self.skip_bad_audio = skip_bad_audio
         self.train_target = train_target
         self.bridge_instruction = bridge_instruction
+        self.qa_instructions = dict(qa_instructions or {})
         self.feature_cache = feature_cache
         self.cache_hint = "python -m bridgebench cache --config <the same config files>"
         self.manifest = manifest
@@ -412,7 +419,7 @@ class AudioTextDataModule(L.LightningDataModule):
                                 self.instructions, train=role == "train", random_crop=self.train_crop == "random",
                                 skip_bad_audio=self.skip_bad_audio, store=self.store(),
                                 serve_features=self.features != "audio", cache_hint=self.cache_hint,
-                                seed=self.seed(), train_target=self.train_target)
+                                seed=self.seed(), train_target=self.train_target, qa_instructions=self.qa_instructions)
 
     @staticmethod
     def seed() -> int:

@@ -94,3 +94,21 @@ def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path
         assert isinstance(metrics.get(key), float), (key, sorted(metrics))
     rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert any("qa_type" in r for r in rows) and any("qa_type" not in r for r in rows)
+
+
+def test_qa_instructions_replace_the_wording_of_their_question_type():
+    module = tiny_module(bridge="linear_pool")
+    mint = {"instrument": "The most prominent instrument in this music is", "genre": "The genre of this music is"}
+    dm = AudioTextDataModule(manifest="builtin:music-synth-small", task="qa", num_workers=0, clip_seconds=2.0,
+                             qa_instructions=mint)
+    dm.connect(module.data_contract())
+    items = [dm.dataset("test")[i] for i in range(14)]
+    by_type = {it["qa_type"]: it["instruction"] for it in items}
+    assert by_type["instrument"] == mint["instrument"] and by_type["genre"] == mint["genre"]
+    assert by_type["tempo_class"] == "Is the tempo slow, medium or fast?"  # no template: the set's own wording
+    train = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", num_workers=0,
+                                clip_seconds=2.0, qa_instructions=mint)
+    train.connect(module.data_contract())
+    ds = train.dataset("train")
+    asked = [ds[(i, e)] for i in range(len(ds)) for e in range(3) if ds.examples[i].qa is not None]
+    assert all(it["instruction"] == mint[it["qa_type"]] for it in asked if it["qa_type"] in mint)

@@ -9,7 +9,10 @@ A sweep file (``experiments/sweeps/*.yaml``) names:
   same need with other settings is refused instead of reusing the wrong run.
 - ``cells``: ``{base: [...], inputs: {...}, tune: {...}, <any config keys>}``. ``inputs`` maps a
   config key to a need whose ``checkpoints/last.ckpt`` it receives on the command line
-  (``model.stage1_checkpoint: demo_stage1``), so the hand-off is explicit (``--tiny`` too).
+  (``model.stage1_checkpoint: demo_stage1``), so the hand-off is explicit (``--tiny`` too). An
+  ablation row names the cell it ablates: ``setting_of: X`` (X's configs, inputs, overlay and the
+  setting the protocol chose for X, plus its own keys; fitted and tested) or ``test_of: X`` (X's
+  fitted runs tested again under its own keys, e.g. a data option, in a folder of its own).
 - ``protocol`` (optional): ``tune`` (a grid of dotted config keys, the same for every cell; a
   cell's own ``tune`` adds entries), ``select`` (``val/loss``, lower is better, or
   ``{metric, mode: max}``) and ``tune_seed``. Each grid point is fitted with the tune seed and
@@ -27,10 +30,8 @@ go on. Live progress of the running command is one status line (``--quiet``: non
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -40,117 +41,8 @@ from typing import Optional
 import yaml
 
 from bridgebench.engine.progress import PREFIX as PROGRESS
-from bridgebench.errors import ConfigError, ConfigProblems
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("_") or "cell"
-
-
-# === The sweep file ===
-
-def _list(value) -> list:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def load_sweep(path: str) -> dict:
-    """The sweep file, normalised; every problem is reported at once."""
-    try:
-        spec = yaml.safe_load(open(path)) or {}
-    except OSError as err:
-        raise ConfigError(f"sweep file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    problems = []
-    if not isinstance(spec, dict):
-        raise ConfigError(f"sweep file {path}: not a sweep (a YAML mapping with 'cells')")
-    if not isinstance(spec.get("cells"), dict) or not spec["cells"]:
-        raise ConfigError(f"sweep file {path}: missing 'cells'")
-    spec["base"] = _list(spec.get("base"))
-    spec.setdefault("seeds", [0])
-    spec.setdefault("metrics", ["test/loss"])
-    spec.setdefault("chance", {})
-    needs = {}
-    for name, need in (spec.get("needs") or {}).items():
-        need = {"configs": need} if isinstance(need, (list, str)) else dict(need or {})
-        need["configs"] = _list(need.get("configs"))
-        need.setdefault("overlay", {})
-        need.setdefault("inputs", {})
-        need["per_seed"] = bool(need.get("per_seed", False))
-        if not need["configs"]:
-            problems.append(f"sweep file {path}: need '{name}' has no configs")
-        needs[name] = need
-    spec["needs"] = needs
-    protocol = dict(spec.get("protocol") or {})
-    select = protocol.get("select", "val/loss")
-    protocol["select"] = {"metric": select, "mode": "min"} if isinstance(select, str) else dict(select)
-    if protocol["select"].get("mode", "min") not in ("min", "max"):
-        problems.append(f"sweep file {path}: protocol.select.mode must be min or max")
-    protocol.setdefault("tune", {})
-    protocol.setdefault("tune_seed", spec["seeds"][0] if spec["seeds"] else 0)
-    spec["protocol"] = protocol
-    cells = {}
-    for name, cell in spec["cells"].items():
-        cell = dict(cell or {})
-        base = _list(cell.pop("base", None)) or spec["base"]
-        if not base:
-            problems.append(f"sweep file {path}: cell '{name}' has no 'base' configs (and the sweep none)")
-        inputs = dict(cell.pop("inputs", None) or {})
-        for key, need in inputs.items():
-            if need not in needs:
-                problems.append(f"sweep file {path}: cell '{name}' input {key} names need '{need}', which "
-                                f"'needs' lacks (it has {sorted(needs)})")
-        tune = {**protocol["tune"], **(cell.pop("tune", None) or {})}
-        for key, values in tune.items():
-            if not isinstance(values, list) or not values:
-                problems.append(f"sweep file {path}: cell '{name}' tune {key}: give a non-empty list of values")
-        cells[name] = {"base": base, "inputs": inputs, "tune": tune, "overlay": cell}
-    for name, need in needs.items():
-        for key, other in need["inputs"].items():
-            if other not in needs or other == name:
-                problems.append(f"sweep file {path}: need '{name}' input {key} names unknown need '{other}'")
-    if problems:
-        raise ConfigProblems(problems)
-    spec["cells"] = cells
-    return spec
-
-
-def resolve_config(path: str, sweep_file: str) -> str:
-    """A config path as given if it exists, else relative to the repository of the sweep file
-    (``<repo>/experiments/sweeps/x.yaml``), so a sweep runs from any working folder."""
-    if Path(path).exists():
-        return path
-    repo = Path(sweep_file).resolve().parent.parent.parent
-    return str(repo / path) if (repo / path).exists() else path
-
-
-def nested(dotted: dict) -> dict:
-    """``{"model.optimizer.lr": 1e-3}`` -> ``{"model": {"optimizer": {"lr": 1e-3}}}``."""
-    out: dict = {}
-    for key, value in dotted.items():
-        node = out
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
-
-
-def merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def grid(tune: dict) -> list[dict]:
-    """Every combination of a tune grid, as dotted-key dicts (one empty dict for no grid)."""
-    keys = list(tune)
-    return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))]
-
-
-def point_name(point: dict) -> str:
-    return slug(",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())) or "default"
+from bridgebench.errors import ConfigError
+from bridgebench.tools.sweep_spec import grid, load_sweep, merge, nested, point_name, resolve_config, slug
 
 
 # === Running commands ===
@@ -253,7 +145,7 @@ class Sweep:
         self.runs = Path(opts.runs)
         self.failures: dict[str, str] = {}
         self.need_runs: dict[tuple, Optional[Path]] = {}
-        self.timing: dict[str, dict] = {}
+        self.results: dict[str, dict] = {}
 
     def configs(self, paths: list[str]) -> list[str]:
         return [resolve_config(p, self.opts.sweep) for p in paths + self.tiny]
@@ -335,9 +227,15 @@ class Sweep:
         protocol = self.spec["protocol"]
         configs = self.configs(cell["base"])
         cell_dir = self.runs / self.opts.name / slug(name)
-        out = {"runs": {}, "tuning": [], "chosen": {}, "fit_s": []}
+        out = {"runs": {}, "tuning": [], "chosen": {}, "fit_s": [], "run_dirs": {}}
         tune_seed = protocol["tune_seed"]
         chosen_dir = None
+        if cell["setting_of"]:
+            other = self.results.get(cell["setting_of"]) or self.load_protocol(cell["setting_of"])
+            if other is None:
+                self.failures[name] = f"not run: cell {cell['setting_of']} has chosen no setting yet; run it first"
+                return out
+            out["chosen"] = other["chosen"]
         if cell["tune"]:
             args, error = self.input_args(cell["inputs"], tune_seed)
             if error:
@@ -371,7 +269,15 @@ class Sweep:
             args, error = self.input_args(cell["inputs"], seed)
             overlay = merge(merge(cell["overlay"], nested(out["chosen"])), {"seed_everything": seed})
             run_dir = chosen_dir if chosen_dir is not None and seed == tune_seed else cell_dir / f"seed{seed}"
-            if error is None:
+            if error is None and cell["test_of"]:  # test the other cell's fitted run, in a folder of its own
+                source = (self.results.get(cell["test_of"]) or {}).get("run_dirs", {}).get(seed)
+                if source is None:
+                    error = f"not run: cell {cell['test_of']} has no fitted seed {seed}"
+                else:
+                    claim(run_dir, {**self.identity(cell, overlay, seed), "test_of": str(source)}, label)
+                    args.append(f"--ckpt_path={last_ckpt(source)}")
+                    error = self.test_only(run_dir, configs, overlay, args, label)
+            elif error is None:
                 claim(run_dir, self.identity(cell, overlay, seed), label)
                 error = self.fit_and(run_dir, configs, overlay, args, ["test"], label)
             if error:
@@ -384,7 +290,7 @@ class Sweep:
                 need_dir = self.need(stage1, seed)
                 if need_dir is not None and (need_dir / "metrics.json").is_file():
                     results.update({f"stage1:{k}": v for k, v in json.loads((need_dir / "metrics.json").read_text()).items()})
-            out["runs"][seed] = results
+            out["runs"][seed], out["run_dirs"][seed] = results, run_dir
             timing = run_dir / "sweep_timing.json"
             if timing.is_file():
                 out["fit_s"].append(json.loads(timing.read_text()).get("fit"))
@@ -393,6 +299,20 @@ class Sweep:
 
                 print(report(run_dir, self.opts.report), flush=True)
         return out
+
+    def test_only(self, run_dir: Path, configs: list[str], overlay: dict, args: list[str], label: str) -> Optional[str]:
+        if step_done(run_dir, "test"):
+            self.console.say(f"{label}: done earlier ({run_dir})")
+            return None
+        self.console.say(f"{label}: test in {run_dir}")
+        common = config_args(configs, write_overlay(run_dir, overlay)) + [f"--trainer.default_root_dir={run_dir}",
+                                                                          *args, *self.opts.args]
+        env = {"BRIDGEBENCH_QUIET": "1"} if self.opts.quiet else {}
+        return run_commands(run_dir, common, [["test"]], self.console, label, env)[0]
+
+    def load_protocol(self, name: str) -> Optional[dict]:
+        path = self.runs / self.opts.name / slug(name) / "protocol.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def identity(self, cell: dict, overlay: dict, seed: int) -> dict:
         inputs = {k: f"{v}/seed{seed}" if self.spec["needs"][v]["per_seed"] else v for k, v in cell["inputs"].items()}
@@ -436,7 +356,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ensure_dir(opts.runs, "--runs")
     console = Console(opts.quiet)
     sweep = Sweep(spec, opts, console)
-    cells = {name: sweep.cell(name) for name in spec["cells"]}
+    for name in spec["cells"]:
+        sweep.results[name] = sweep.cell(name)
+    cells = sweep.results
     md, table_csv, rows = tabulate(opts.name, spec, cells, sweep.failures)
     atomic_write(out / f"{opts.name}.md", md)
     atomic_write(out / f"{opts.name}.csv", table_csv)

@@ -1,0 +1,138 @@
+"""The sweep file: its format, its validation (every problem at once) and the grid helpers.
+
+See ``bridgebench.tools.sweep`` for what a sweep runs. This module only reads and normalises the
+file: needs (``{configs, overlay, per_seed, inputs}``), cells (``{base, inputs, tune, setting_of,
+test_of, <config keys>}``), the protocol (``{tune, select, tune_seed}``), seeds, metrics, chance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import yaml
+
+from bridgebench.errors import ConfigError, ConfigProblems
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("_") or "cell"
+
+
+# === The sweep file ===
+
+def _list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def load_sweep(path: str) -> dict:
+    """The sweep file, normalised; every problem is reported at once."""
+    try:
+        spec = yaml.safe_load(open(path)) or {}
+    except OSError as err:
+        raise ConfigError(f"sweep file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    problems = []
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep file {path}: not a sweep (a YAML mapping with 'cells')")
+    if not isinstance(spec.get("cells"), dict) or not spec["cells"]:
+        raise ConfigError(f"sweep file {path}: missing 'cells'")
+    spec["base"] = _list(spec.get("base"))
+    spec.setdefault("seeds", [0])
+    spec.setdefault("metrics", ["test/loss"])
+    spec.setdefault("chance", {})
+    needs = {}
+    for name, need in (spec.get("needs") or {}).items():
+        need = {"configs": need} if isinstance(need, (list, str)) else dict(need or {})
+        need["configs"] = _list(need.get("configs"))
+        need.setdefault("overlay", {})
+        need.setdefault("inputs", {})
+        need["per_seed"] = bool(need.get("per_seed", False))
+        if not need["configs"]:
+            problems.append(f"sweep file {path}: need '{name}' has no configs")
+        needs[name] = need
+    spec["needs"] = needs
+    protocol = dict(spec.get("protocol") or {})
+    select = protocol.get("select", "val/loss")
+    protocol["select"] = {"metric": select, "mode": "min"} if isinstance(select, str) else dict(select)
+    if protocol["select"].get("mode", "min") not in ("min", "max"):
+        problems.append(f"sweep file {path}: protocol.select.mode must be min or max")
+    protocol.setdefault("tune", {})
+    protocol.setdefault("tune_seed", spec["seeds"][0] if spec["seeds"] else 0)
+    spec["protocol"] = protocol
+    cells = {}
+    for name, cell in spec["cells"].items():
+        cell = dict(cell or {})
+        parent = cells.get(cell.get("setting_of") or cell.get("test_of"))
+        if parent is not None:  # an ablation row: the parent's configs, inputs and overlay, then its own
+            cell = {"base": parent["base"], "inputs": parent["inputs"], **merge(parent["overlay"], cell)}
+        base = _list(cell.pop("base", None)) or spec["base"]
+        if not base:
+            problems.append(f"sweep file {path}: cell '{name}' has no 'base' configs (and the sweep none)")
+        inputs = dict(cell.pop("inputs", None) or {})
+        for key, need in inputs.items():
+            if need not in needs:
+                problems.append(f"sweep file {path}: cell '{name}' input {key} names need '{need}', which "
+                                f"'needs' lacks (it has {sorted(needs)})")
+        setting_of, test_of = cell.pop("setting_of", None), cell.pop("test_of", None)
+        for key, other in (("setting_of", setting_of), ("test_of", test_of)):
+            if other is not None and (other not in spec["cells"] or list(spec["cells"]).index(other) >=
+                                      list(spec["cells"]).index(name)):
+                problems.append(f"sweep file {path}: cell '{name}' {key} names '{other}', which must be a cell "
+                                "listed before it")
+        # An ablation row takes the setting the protocol chose for the cell it ablates; a test-only
+        # row tests that cell's runs under its own (data) overlay.
+        tune = {} if setting_of or test_of else {**protocol["tune"], **(cell.pop("tune", None) or {})}
+        for key, values in tune.items():
+            if not isinstance(values, list) or not values:
+                problems.append(f"sweep file {path}: cell '{name}' tune {key}: give a non-empty list of values")
+        cells[name] = {"base": base, "inputs": inputs, "tune": tune, "overlay": cell,
+                       "setting_of": setting_of or test_of, "test_of": test_of}
+    for name, need in needs.items():
+        for key, other in need["inputs"].items():
+            if other not in needs or other == name:
+                problems.append(f"sweep file {path}: need '{name}' input {key} names unknown need '{other}'")
+    if problems:
+        raise ConfigProblems(problems)
+    spec["cells"] = cells
+    return spec
+
+
+def resolve_config(path: str, sweep_file: str) -> str:
+    """A config path as given if it exists, else relative to the repository of the sweep file
+    (``<repo>/experiments/sweeps/x.yaml``), so a sweep runs from any working folder."""
+    if Path(path).exists():
+        return path
+    repo = Path(sweep_file).resolve().parent.parent.parent
+    return str(repo / path) if (repo / path).exists() else path
+
+
+def nested(dotted: dict) -> dict:
+    """``{"model.optimizer.lr": 1e-3}`` -> ``{"model": {"optimizer": {"lr": 1e-3}}}``."""
+    out: dict = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def grid(tune: dict) -> list[dict]:
+    """Every combination of a tune grid, as dotted-key dicts (one empty dict for no grid)."""
+    keys = list(tune)
+    return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))]
+
+
+def point_name(point: dict) -> str:
+    return slug(",".join(f"{k.split('.')[-1]}={v}" for k, v in point.items())) or "default"

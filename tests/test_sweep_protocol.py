@@ -1,0 +1,84 @@
+"""The sweep's protocol, with the commands replaced by a stand-in that writes what real runs write:
+each cell's grid point chosen on the validation metric only, seeds at the chosen setting (the tune
+seed reusing its tuning run), ablation rows at the setting of the cell they ablate, test-only rows
+on that cell's checkpoints, and a run folder made for other settings never reused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bridgebench.errors import ConfigError
+from bridgebench.tools import sweep as sweep_cli
+
+VAL = {1e-4: 2.0, 1e-3: 1.5, 1e-2: 3.0}  # validation loss per learning rate: 1e-3 must be chosen
+TEST = {1e-4: 90.0, 1e-3: 10.0, 1e-2: 50.0}  # test scores that would pick another rate if they were used
+
+
+def fake_commands(calls):
+    def run(run_dir, args, commands, console, label, env=None):
+        overlay, lr = None, None
+        for i, a in enumerate(args):
+            if a == "--config" and args[i + 1].endswith("sweep_overlay.yaml"):
+                overlay = yaml.safe_load(open(args[i + 1]))
+                lr = ((overlay.get("model") or {}).get("optimizer") or {}).get("lr", 1e-2)
+        logs = run_dir / "logs"
+        for command in commands:
+            calls.append((label, command[0], [a for a in args if a.startswith("--ckpt_path")] + command[1:],
+                          overlay.get("data") if overlay else None))
+            n = len(list(logs.glob("*"))) + 1 if logs.exists() else 1
+            folder = logs / f"{n:02d}-{command[0]}"
+            folder.mkdir(parents=True)
+            with open(run_dir / "history.jsonl", "a") as f:
+                f.write(json.dumps({"folder": f"logs/{folder.name}", "command": command[0], "event": "ok"}) + "\n")
+            if command[0] == "fit":
+                (run_dir / "checkpoints").mkdir(exist_ok=True)
+                (run_dir / "checkpoints" / "last.ckpt").write_text("x")
+            if command[0] == "validate":
+                (folder / "metrics.json").write_text(json.dumps({"val/loss": VAL[lr]}))
+            if command[0] == "test":
+                (run_dir / "metrics.json").write_text(json.dumps({"test/score": TEST[lr], "run": {}}))
+        return None, {c[0]: 1.0 for c in commands}
+    return run
+
+
+def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(tmp_path, monkeypatch, capsys):
+    spec = {"seeds": [0, 1], "metrics": ["test/score"], "chance": {"test/score": 8.3},
+            "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3, 1e-2]}, "select": "val/loss", "tune_seed": 0},
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"]},
+                      "a_blind": {"setting_of": "a", "data": {"bridge_instruction": ""}},
+                      "a_blind_test": {"test_of": "a", "data": {"bridge_instruction": ""}}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    calls = []
+    monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: (
+        (run_dir / "metrics.json").is_file() if c == "test" else
+        any(json.loads(x)["command"] == c for x in (run_dir / "history.jsonl").read_text().splitlines())
+        if (run_dir / "history.jsonl").is_file() else False))
+    args = [str(path), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert sweep_cli.main(args) == 0
+    cell = tmp_path / "runs" / "s" / "a"
+    protocol = json.loads((cell / "protocol.json").read_text())
+    assert protocol["chosen"] == {"model.optimizer.lr": 1e-3}
+    # Seed 0 is the tuning run at the chosen rate (tested, not fitted again); seed 1 is fitted anew.
+    assert [c[1] for c in calls if c[0] == "a seed 0"] == ["test"]
+    assert [c[1] for c in calls if c[0] == "a seed 1"] == ["fit", "test"]
+    # The ablation row: no tuning of its own, the chosen rate, its own data key.
+    blind = yaml.safe_load((tmp_path / "runs" / "s" / "a_blind" / "seed0" / "sweep_overlay.yaml").read_text())
+    assert blind["model"]["optimizer"]["lr"] == 1e-3 and blind["data"]["bridge_instruction"] == ""
+    assert not (tmp_path / "runs" / "s" / "a_blind" / "tune").exists()
+    # The test-only row tests a's checkpoints, never fits.
+    tested = [c for c in calls if c[0].startswith("a_blind_test")]
+    assert [c[1] for c in tested] == ["test", "test"]
+    assert str(cell / "tune" / "lr=0.001" / "checkpoints" / "last.ckpt") in tested[0][2][0]
+    table = (tmp_path / "results" / "s.md").read_text()
+    assert "| a | 2 | lr=0.001 |" in table and "| chance |" in table
+    assert "a: lr=0.0001: 2.0000, lr=0.001: 1.5000, lr=0.01: 3.0000" in table
+    # A changed cell never reuses a folder made for other settings.
+    spec["cells"]["a"]["data"] = {"batch_size": 4}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="made with other settings"):
+        sweep_cli.main(args)
