@@ -370,8 +370,8 @@ class PrecisionSpec:
     ``trainer.precision`` sets the autocast of the computation)."""
 
     frozen: str = "auto"
-    """Frozen encoder and LLM (a LoRA LLM's base weights): auto (bf16 on GPUs that support it, else
-    float32), float32, bfloat16 or float16."""
+    """Frozen encoder and LLM (a LoRA LLM's base weights): auto (bf16 where bf16 matmuls are native:
+    GPUs that support them, CPUs with AMX; else float32), float32, bfloat16 or float16."""
     frozen_eval: Optional[str] = None
     """The frozen LLM's dtype while validating, testing and predicting (None: ``frozen``). CPUs with
     AMX train faster in bf16 but generate far slower, so a CPU run can train in bf16 and generate in

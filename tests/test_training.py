@@ -386,3 +386,14 @@ def test_compile_switch_keeps_the_loss_and_the_checkpoint_keys(llm):
     with torch.no_grad():
         assert compiled.losses(batch)["loss"].item() == pytest.approx(plain.losses(batch)["loss"].item(), abs=1e-5)
     assert list(plain.state_dict()) == list(compiled.state_dict())
+
+
+def test_auto_precision_stores_frozen_parts_in_bf16_only_where_bf16_matmuls_are_native(monkeypatch):
+    from bridgebench.engine import frozen
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert frozen.resolve_dtype("auto") == torch.float32  # an AVX2 CPU emulates bf16 matmuls ~40x slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert frozen.resolve_dtype("auto") == torch.bfloat16
+    assert frozen.resolve_dtype("float32") == torch.float32

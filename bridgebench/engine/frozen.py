@@ -17,11 +17,19 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 
+def bf16_is_native() -> bool:
+    """Whether bf16 matmuls run in hardware where this run computes: a CUDA GPU that supports them,
+    or a CPU with AMX tiles. Elsewhere they are emulated (measured on an AVX2 EPYC: a 512x576x576
+    matmul took 193 ms in bf16 against 4.6 ms in float32, so a demo stage-2 step went from ~1 s to
+    over a minute; on an AMX Xeon the bf16 step was 1.3x faster than float32)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
-        # bf16 storage only where bf16 matmuls are native; CPUs emulate them slowly.
-        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
+        return torch.bfloat16 if bf16_is_native() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
