@@ -82,3 +82,23 @@ def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="made with other settings"):
         sweep_cli.main(args)
+
+
+def test_the_shared_overlay_reaches_every_cell_and_a_cell_may_override_it(tmp_path):
+    from bridgebench.tools.sweep_spec import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "overlay": {"trainer": {"max_steps": 7}, "data": {"batch_size": 8}},
+        "cells": {"a": {"base": ["x.yaml"]},
+                  "b": {"base": ["x.yaml"], "data": {"batch_size": 4}},
+                  "a_ablation": {"setting_of": "a", "model": {"stage1_checkpoint": None}}}}))
+    cells = load_sweep(str(path))["cells"]
+    assert cells["a"]["overlay"] == {"trainer": {"max_steps": 7}, "data": {"batch_size": 8}}
+    assert cells["b"]["overlay"]["data"] == {"batch_size": 4} and cells["b"]["overlay"]["trainer"] == {"max_steps": 7}
+    # An ablation row keeps its cell's budget (already shared) and adds its own keys.
+    assert cells["a_ablation"]["overlay"] == {"trainer": {"max_steps": 7}, "data": {"batch_size": 8},
+                                              "model": {"stage1_checkpoint": None}}
+    path.write_text(yaml.safe_dump({"overlay": [1], "cells": {"a": {"base": ["x.yaml"]}}}))
+    with pytest.raises(ConfigError, match="'overlay' must be a mapping"):
+        load_sweep(str(path))

@@ -69,6 +69,9 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> t
             values = ", ".join(f"{_point(t['point'])}: {t['value']:.4f}" if t["value"] is not None
                                else f"{_point(t['point'])}: failed" for t in row["tuning"])
             notes.append(f"- {row['cell']}: {values}")
+    if spec.get("overlay"):
+        notes.append("Shared by every cell (the sweep's overlay): " + ", ".join(
+            f"{k}={v}" for k, v in _dotted(spec["overlay"]).items()) + ".")
     if chance:
         notes.append("chance: the accuracy of guessing uniformly over the classes.")
     if failures:
@@ -115,3 +118,13 @@ def plot(path: Path, name: str, spec: dict, rows: list[dict], columns: int = 3) 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return shown
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

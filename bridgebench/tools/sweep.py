@@ -13,6 +13,8 @@ A sweep file (``experiments/sweeps/*.yaml``) names:
   ablation row names the cell it ablates: ``setting_of: X`` (X's configs, inputs, overlay and the
   setting the protocol chose for X, plus its own keys; fitted and tested) or ``test_of: X`` (X's
   fitted runs tested again under its own keys, e.g. a data option, in a folder of its own).
+- ``overlay`` (optional): config keys every cell gets before its own (the protocol's shared
+  budget: steps, batch size, schedule), so the budget is written once.
 - ``protocol`` (optional): ``tune`` (a grid of dotted config keys, the same for every cell; a
   cell's own ``tune`` adds entries), ``select`` (``val/loss``, lower is better, or
   ``{metric, mode: max}``) and ``tune_seed``. Each grid point is fitted with the tune seed and

@@ -2,7 +2,8 @@
 
 See ``bridgebench.tools.sweep`` for what a sweep runs. This module only reads and normalises the
 file: needs (``{configs, overlay, per_seed, inputs}``), cells (``{base, inputs, tune, setting_of,
-test_of, <config keys>}``), the protocol (``{tune, select, tune_seed}``), seeds, metrics, chance.
+test_of, <config keys>}``), the shared ``overlay`` (config keys every cell gets first: the protocol's
+budget), the protocol (``{tune, select, tune_seed}``), seeds, metrics, chance.
 """
 
 from __future__ import annotations
@@ -62,9 +63,15 @@ def load_sweep(path: str) -> dict:
     protocol.setdefault("tune", {})
     protocol.setdefault("tune_seed", spec["seeds"][0] if spec["seeds"] else 0)
     spec["protocol"] = protocol
+    shared = spec.get("overlay") or {}
+    if not isinstance(shared, dict):
+        problems.append(f"sweep file {path}: 'overlay' must be a mapping of config keys")
+        shared = {}
     cells = {}
     for name, cell in spec["cells"].items():
         cell = dict(cell or {})
+        # The shared overlay comes first, so a cell's own keys may still override it (and show it).
+        cell = merge(shared, cell) if not (cell.get("setting_of") or cell.get("test_of")) else cell
         parent = cells.get(cell.get("setting_of") or cell.get("test_of"))
         if parent is not None:  # an ablation row: the parent's configs, inputs and overlay, then its own
             cell = {"base": parent["base"], "inputs": parent["inputs"], **merge(parent["overlay"], cell)}
