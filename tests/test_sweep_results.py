@@ -97,6 +97,7 @@ def test_caption_command_on_wav_and_mp3_from_a_trained_run(tmp_path, capsys):
     assert "--ckpt: '" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~3 min on 2 cores; the protocol's logic is covered fast by test_sweep_protocol.py
 def test_sweep_tunes_each_cell_on_validation_then_runs_the_seeds_and_reports_stage1(tmp_path):
     # The demo comparison's Bridge-Net cell: needs (the encoder's tagging, the Bridge-Net's stage 1 per
     # seed), a 2-point learning-rate grid chosen on the validation loss, then 2 seeds; run from another
