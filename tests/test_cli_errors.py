@@ -49,6 +49,7 @@ def bad(tmp_path_factory):
     torch.save({"weights": [1, 2, 3]}, d / "plain.pt")
     torch.save({"state_dict": {"w": torch.ones(2)}}, d / "statedict.pt")
     (d / "file").write_text("a regular file")
+    (d / "broken.yaml").write_text("trainer:\n  max_steps: [1, 2\n")
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(16_000) / 16_000)
     sf.write(d / "tone.wav", tone, 16_000)
     (d / "audio_dir").mkdir()
@@ -75,6 +76,8 @@ def subprocess_cases(d) -> dict[str, tuple[list[str], tuple[str, ...]]]:
                                 "--model", str(d / "no-model")], ("--model", "no-model")),
         "results": (["results", str(d / "audio_dir")], ("metrics.json",)),
         "sweep": (["sweep", str(d / "file")], ("sweep file",)),
+        "config file": (["fit", "--config", str(d / "broken.yaml")], ("--config", "broken.yaml", "line 3")),
+        "cache config file": (["cache", "--config", str(d / "broken.yaml")], ("--config", "broken.yaml")),
     }
 
 

@@ -138,10 +138,39 @@ class BridgeCLI(LightningCLI):
         self._fill_feature_cache()
 
 
+def config_file_problems(args: list[str]) -> list[str]:
+    """One line per ``--config`` file that is missing, a folder or not YAML, naming the file and the
+    line (jsonargparse would print its usage and a multi-line message that does not name the file)."""
+    import yaml
+
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    out = []
+    for path in paths:
+        if not os.path.exists(path):
+            out.append(f"--config {path}: no such file")
+        elif os.path.isdir(path):
+            out.append(f"--config {path}: is a folder, not a YAML file")
+        else:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    yaml.safe_load(f)
+            except UnicodeDecodeError:
+                out.append(f"--config {path}: not UTF-8 text")
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                out.append(f"--config {path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}")
+    return out
+
+
 def run(args: Optional[list[str]] = None, **kwargs) -> BridgeCLI:
     """Run the CLI in-process (tests use this); ``args`` as on the command line. The command's
     record in the run folder's history is closed here, ok or failed."""
     quiet_libraries()
+    found = config_file_problems(list(sys.argv[1:] if args is None else args))
+    if found:
+        raise ConfigProblems(found)
     try:
         cli = BridgeCLI(BridgeModule, AudioTextDataModule, auto_configure_optimizers=False,
                         save_config_kwargs={"overwrite": True}, args=args, **kwargs)

@@ -13,12 +13,17 @@ from typing import Optional
 
 def main(argv: Optional[list[str]] = None) -> int:
     from bridgebench.engine.feature_cache import fill_cache
-    from bridgebench.engine.lightning_cli import BridgeCLI
+    from bridgebench.engine.lightning_cli import BridgeCLI, config_file_problems
     from bridgebench.datamodules import AudioTextDataModule
     from bridgebench.engine.module import BridgeModule
     from bridgebench.runtime.env import quiet_libraries
 
+    from bridgebench.errors import ConfigProblems
+
     quiet_libraries()
+    found = config_file_problems(list(sys.argv[1:] if argv is None else argv))
+    if found:
+        raise ConfigProblems(found)
     cli = BridgeCLI(BridgeModule, AudioTextDataModule, run=False, args=argv, auto_configure_optimizers=False,
                     save_config_callback=None)
     fill_cache(cli.model, cli.datamodule, cli.trainer.strategy.root_device)
