@@ -110,3 +110,28 @@ def test_the_plot_has_one_panel_per_metric_with_a_value_error_bars_and_chance(tm
     assert sweep_table.plot(tmp_path / "none.png", "none", none,
                             sweep_table.tabulate("none", none, _cells({"a": {0: {"test/spice": na}}}), {})[2]) is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_on_a_terminal_the_progress_is_one_line_redrawn_within_its_width(capsys, monkeypatch):
+    import shutil
+
+    from bridgebench.tools.sweep import Console
+
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((80, 24)))
+    console = Console(quiet=False)
+    console.say("qformer seed 1: fit + test in runs/sweeps/demo_bridges/qformer/seed1")
+    for step in (25, 50):
+        console.status("qformer seed 1 fit", f"[progress] fit {step}/250 steps, loss 0.8{step}, 0.41 s each, "
+                       "ETA 1.5 min and a tail long enough to pass the width of the terminal")
+    console.say("qformer seed 1: done")
+    out = capsys.readouterr().out
+    rows = out.split("\n")
+    # The sweep's own lines, and between them one row redrawn in place (\r), never wrapping an 80-column terminal.
+    assert rows[0].startswith("[sweep] qformer seed 1: fit + test") and rows[2] == "[sweep] qformer seed 1: done"
+    redraws = rows[1].split("\r")[1:]
+    assert [r[:50] for r in redraws] == ["[sweep] qformer seed 1 fit: fit 25/250 steps, loss",
+                                         "[sweep] qformer seed 1 fit: fit 50/250 steps, loss"]
+    assert all(len(r) == 79 for r in redraws)
+    Console(quiet=True).status("x fit", "[progress] fit 1/2 steps")
+    assert capsys.readouterr().out == ""
