@@ -53,7 +53,7 @@ def _one_error(code: int, err: str, *needles: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny stage-2 run (frozen causal LLM, trained Q-Former... as the preset says), greedy decoding."""
+    """A tiny stage-2 run of the MusiLingo preset (its bridge trained, its LLM frozen), decoding greedily."""
     run_dir = tmp_path_factory.mktemp("export") / "run"
     run(["fit", "--config", _preset("musilingo_stage2"), "--config", TINY, f"--trainer.default_root_dir={run_dir}",
          "--trainer.max_steps=3", "--model.generation.num_beams=1", "--model.generation.max_new_tokens=6"])
@@ -105,6 +105,20 @@ def test_export_carries_an_encoder_an_earlier_run_trained(tmp_path, capsys):
          "--model.generation.num_beams=1"])
     out = tmp_path / "out"
     assert main(["export", str(bridge), str(out)]) == 0
+    # The tagging run itself exports too: its trained encoder and tag head, with the tag vocabulary.
+    from bridgebench import BridgeModule
+    from bridgebench.engine.runs import load_run
+
+    tags_out = tmp_path / "tags_out"
+    assert main(["export", str(tagging), str(tags_out)]) == 0
+    tagger = BridgeModule.from_pretrained(str(tags_out))
+    saved = torch.load(tagging / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert tagger.tagger is not None and tagger.tagger.vocabulary == saved["bridgebench"]["tag_vocabulary"]
+    mine = tagger.state_dict()
+    assert any(k.startswith("tagger.") for k in saved["state_dict"])
+    assert all(torch.equal(mine[k], v) for k, v in saved["state_dict"].items())  # encoder and tag head
+    theirs = load_run(str(tagging))[0].state_dict()  # a reload for captioning, which leaves the tag head out
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items())
     files = _tones(tmp_path)
     original = _captions(capsys, files, str(bridge))
     trained_encoder = {k: v for k, v in torch.load(tagging / "checkpoints" / "last.ckpt", weights_only=True)
@@ -114,8 +128,6 @@ def test_export_carries_an_encoder_an_earlier_run_trained(tmp_path, capsys):
     assert meta["hyper_parameters"]["encoder_checkpoint"] is None
     assert sorted(meta["weights"]["from_other_runs"]) == sorted(trained_encoder)
     assert _captions(capsys, files, str(out)) == original
-    from bridgebench import BridgeModule
-
     own = BridgeModule.from_pretrained(str(out)).state_dict()
     assert all(torch.equal(own[k], v) for k, v in trained_encoder.items())
 
