@@ -187,11 +187,17 @@ def test_a_failed_upload_is_one_line_and_keeps_the_export(trained, tmp_path, cap
         def create_repo(self, **kw):
             raise RuntimeError("Invalid user token.\nmore detail")
 
-    monkeypatch.setattr(export, "hub_api", lambda: NoToken(tmp_path))
+    # huggingface_hub's own client, in offline mode (conftest): it refuses before any request is made.
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
     capsys.readouterr()
+    code = main(["export", str(trained), str(tmp_path / "offline"), "--push-to-hub", "someone/x"])
+    _one_error(code, capsys.readouterr().err, "--push-to-hub someone/x: ", "offline mode", str(tmp_path / "offline"))
+    monkeypatch.setattr(export, "hub_api", lambda: NoToken(tmp_path))
     code = main(["export", str(trained), str(tmp_path / "out"), "--push-to-hub", "someone/x"])
     _one_error(code, capsys.readouterr().err, "--push-to-hub someone/x: Invalid user token.", str(tmp_path / "out"))
-    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "offline" / "model.safetensors").is_file()
 
 
 def test_export_bad_inputs_are_one_error_line(trained, tmp_path, capsys):
