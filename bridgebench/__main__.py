@@ -17,6 +17,7 @@ COMMANDS = {
     "results": "bridgebench.tools.results",  # aggregate run folders into a Markdown/CSV table
     "report": "bridgebench.tools.report",  # print held-out clips with their generated captions, and the metrics
     "caption": "bridgebench.tools.caption",  # caption / answer questions about audio files with a trained run
+    "export": "bridgebench.tools.export",  # a trained bridge as a shareable folder (safetensors + config), --push-to-hub
     "data": "bridgebench.tools.data",  # convert published metadata; render the music-synth set
     "sweep": "bridgebench.tools.sweep",  # run a sweep file's cells x seeds, then tabulate and plot
     "captions": "bridgebench.captiondata.cli",  # caption data: from tags (LP-MusicCaps), refine (AudioSetCaps), eval

@@ -142,8 +142,10 @@ def test_a_batch_of_only_bad_clips_computes_nothing(tmp_path):
     assert module._skipped == {"train": batch["skipped"]}
 
 
-def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
+def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog, capfd, monkeypatch):
     from bridgebench.engine.lightning_cli import run
+
+    monkeypatch.delenv("BRIDGEBENCH_QUIET", raising=False)
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["--config", os.path.join(root, "experiments", "blap_stage2.yaml"),
@@ -161,10 +163,20 @@ def test_features_auto_fills_the_cache_once_then_serves_it(tmp_path, caplog):
         assert cli.trainer.state.finished and cli.trainer.global_step == 2
         report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feature cache")]
         assert len(report) == 1
-        if attempt == 0:  # every clip of the small set: 48 train + 8 val + 8 test
+        progress = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("[progress] feature cache ")]
+        if attempt == 0:  # every clip of the small set (train, val and test)
             assert "wrote 64 clip(s)" in report[0], report
+            # The fill shows its progress (a line per tenth, each with the time left), as the sweep passes on.
+            last = {}
+            for ln in progress:  # "[progress] feature cache <role> <done>/<total> clips, <elapsed>, ETA <left>"
+                role, count = ln.split()[3:5]
+                last[role] = tuple(int(n) for n in count.split("/"))
+            assert list(last) == ["train", "val", "test"] and all(d == t for d, t in last.values()), progress
+            assert sum(t for _, t in last.values()) == 64 and all(", ETA " in ln for ln in progress)
+            assert len(progress) >= 10  # a line per tenth of the training clips, at least
         else:
             assert "wrote 0 clip(s)" in report[0], report
+            assert not progress  # nothing to fill, nothing shown
         assert cli.datamodule.features == "auto"
         assert next(cli.model.llm.hf.parameters()).dtype == torch.bfloat16
         losses.append(float(cli.trainer.callback_metrics["train/loss"]))

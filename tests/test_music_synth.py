@@ -297,6 +297,20 @@ def test_compose_overrides_keep_the_rest_fixed():
         ms.compose(0, 5, 4.0, colour="blue")
 
 
+@needs_synth
+def test_rendering_prints_a_progress_line_per_tenth_unless_quiet(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("BRIDGEBENCH_QUIET", raising=False)
+    with cache_at(tmp_path / "a"):
+        ms.music_synth_manifest(num_clips=20, seconds=1.0, workers=1)
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("[progress] render music-synth ")]
+    assert [ln.split()[3] for ln in lines] == [f"{2 * i}/20" for i in range(1, 11)], lines
+    assert all(", ETA " in ln for ln in lines)
+    monkeypatch.setenv("BRIDGEBENCH_QUIET", "1")  # the sweep's --quiet
+    with cache_at(tmp_path / "b"):
+        ms.music_synth_manifest(num_clips=20, seconds=1.0, workers=1)
+    assert "[progress]" not in capfd.readouterr().err
+
+
 def test_missing_fluidsynth_gives_install_commands(monkeypatch, tmp_path):
     monkeypatch.setitem(__import__("sys").modules, "fluidsynth", None)  # import fluidsynth -> ImportError
     monkeypatch.setenv("BRIDGEBENCH_CACHE", str(tmp_path))

@@ -48,6 +48,33 @@ def test_preset_parses_and_names_known_components(name, capsys):
         assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["trainer"]["strategy"] == "ddp"
 
 
+def test_interpolated_preset_values_resolve_after_every_override(capsys, tmp_path):
+    from bridgebench.__main__ import main
+
+    def data(*args: str) -> dict:
+        with pytest.raises(SystemExit):
+            run(["fit", "--config", preset("blap_stage2"), *args, "--print_config"])
+        return yaml.safe_load(capsys.readouterr().out)["data"]
+
+    text = open(preset("blap_stage2")).read()
+    assert "eval_batch_size: ${data.batch_size}" in text and "clip_seconds: ${model.encoder.clap.clip_seconds}" in text
+    resolved = data()
+    assert resolved["batch_size"] == resolved["eval_batch_size"] == 50 and resolved["clip_seconds"] == 10.0
+    assert data("--data.batch_size=8")["eval_batch_size"] == 8  # the tie holds after a flag
+    overlay = tmp_path / "sweep_overlay.yaml"  # as the sweep writes them: plain YAML
+    overlay.write_text(yaml.safe_dump({"data": {"batch_size": 12}, "model": {"encoder": {"clap": {"clip_seconds": 5.0}}}}))
+    tied = data("--config", str(overlay))
+    assert (tied["eval_batch_size"], tied["clip_seconds"]) == (12, 5.0)
+    tiny = data("--config", TINY)  # the tiny override sets both values itself, and wins
+    assert (tiny["batch_size"], tiny["eval_batch_size"], tiny["clip_seconds"]) == (4, 4, 2.0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  eval_batch_size: ${data.batch_siz}\n")
+    assert main(["fit", "--config", preset("blap_stage2"), "--config", str(bad), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: data.eval_batch_size: cannot resolve ${...}: key "
+                                               "'data.batch_siz' not found"), err
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_fast_dev_runs_with_tiny_override(name, tmp_path):
     common = ["--config", preset(name), "--config", TINY, f"--trainer.default_root_dir={tmp_path}",

@@ -6,9 +6,10 @@
   ``CheckpointError`` line naming the option and the file.
 - ``AtomicCheckpointIO``: checkpoints are written whole or not at all (a temporary file, then a
   rename), so a run killed during a save never leaves a truncated ``last.ckpt``.
-- ``trainable_only`` / ``check_trainable``: a checkpoint holds the trainable weights only (frozen
+- ``keep_trainable`` / ``check_trainable``: a checkpoint holds the trainable weights only (frozen
   ones are rebuilt from their pretrained references), plus the random state of the step.
-- ``load_stage1``: initialise a module's bridge and/or trained encoder from a stage-1 run.
+- ``load_stage1``: initialise a module's bridge and/or trained encoder from a stage-1 run (the keys
+  it loaded are kept in ``module.loaded_from_files``, for ``export``).
 """
 
 from __future__ import annotations
@@ -116,6 +117,21 @@ def trainable_only(checkpoint: dict, keep: set[str]) -> None:
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
 
+def keep_trainable(module, checkpoint: dict) -> None:
+    """What a bridgebench checkpoint holds (``on_save_checkpoint``): the trainable weights, the random
+    state of the step, and what the run was built from (the frozen parts' identities, the tags)."""
+    checkpoint["rng"] = rng_state()
+    keep = module.trainable_state_keys()
+    trainable_only(checkpoint, keep)
+    checkpoint["bridgebench"] = {
+        "trainable_keys": sorted(keep),
+        "components": {"encoder": module.encoder.identity(), "llm": module.llm.identity() if module.llm else None,
+                       "bridge": module.specs["bridge"].name if module.bridge is not None else None},
+    }
+    if module.tagger is not None:
+        checkpoint["bridgebench"]["tag_vocabulary"] = module.tagger.vocabulary
+
+
 def check_trainable(checkpoint: dict, keep: set[str]) -> None:
     """A checkpoint being loaded must hold every trainable weight of this model."""
     missing = sorted(keep - set(checkpoint["state_dict"]))
@@ -159,6 +175,9 @@ def load_stage1(module, path: str, parts: tuple[str, ...] = ("bridge", "encoder"
         if not any(k.startswith(f"{part}.") for k in load):
             raise ConfigError(f"{option}: '{path}' holds no {part} weights")
     module.load_state_dict(load, strict=False)
+    # Weights that no pretrained reference rebuilds (e.g. an encoder trained by another run): an
+    # export must carry them, since its reader has neither this file nor the run that wrote it.
+    module.loaded_from_files = set(getattr(module, "loaded_from_files", set())) | set(load)
     rank_zero_info(
         f"{option.removeprefix('model.')} {path}: loaded {len(load)} tensors, skipped {len(skipped)} stage-1-only, "
         f"new in stage 2: {', '.join(fresh) if fresh else 'none'}"

@@ -11,7 +11,6 @@ its share of the clips and then waits until every rank's shards are written.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Optional
 
@@ -20,8 +19,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
 from bridgebench.datamodules.datamodule import Collate
-from bridgebench.engine.progress import PREFIX
 from bridgebench.errors import ConfigError, ManifestError
+from bridgebench.runtime.progress import Tenths
 
 
 def _world() -> tuple[int, int]:
@@ -76,16 +75,15 @@ def fill_cache(module, datamodule, device: Optional[torch.device] = None, roles=
             loader = DataLoader(Subset(dataset, mine), batch_size=datamodule.eval_batch_size, shuffle=False,
                                 num_workers=datamodule.num_workers, collate_fn=Collate(datamodule.contract.text))
             pending: dict = {}
-            start, done, shown = time.perf_counter(), 0, 0
+            done = 0
+            lines = Tenths(f"feature cache {role}", len(mine), "clips", enabled=None if progress else False)
             for batch in loader:
                 pending.update(encode_batch(encoder, batch, device))
                 done += len(batch["id"])
                 if len(pending) >= shard_size:
                     store.write_shard(pending)
                     pending = {}
-                if progress and (10 * done // len(mine) > shown or done == len(mine)):
-                    shown = 10 * done // len(mine)
-                    _progress(role, done, len(mine), start)
+                lines.update(done)
             store.write_shard(pending)
         if world > 1:
             _wait_for(store, datamodule, roles)
@@ -96,13 +94,6 @@ def fill_cache(module, datamodule, device: Optional[torch.device] = None, roles=
     rank_zero_info(f"feature cache {store.root}: wrote {written} clip(s) "
                    f"({', '.join(f'{r}: {n} new' for r, n in counts.items())})")
     return counts
-
-
-def _progress(role: str, done: int, total: int, start: float) -> None:
-    elapsed = time.perf_counter() - start
-    eta = elapsed / done * (total - done) if done else 0.0
-    print(f"{PREFIX} feature cache {role} {done}/{total} clips, {elapsed:.0f} s, ETA {eta:.0f} s",
-          file=sys.stderr, flush=True)
 
 
 def _wait_for(store, datamodule, roles, timeout: float = 6 * 3600) -> None:

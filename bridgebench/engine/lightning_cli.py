@@ -10,23 +10,41 @@ Each command then writes into its own folder of the run folder (``run_folder.py`
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from omegaconf.errors import OmegaConfBaseException
 
 from bridgebench.datamodules import AudioTextDataModule
-from bridgebench.engine import run_folder, validate
+from bridgebench.engine import loggers, run_folder, validate
 from bridgebench.engine.checkpoints import checkpoint_problem, read_checkpoint
 from bridgebench.engine.module import BridgeModule
-from bridgebench.errors import ConfigProblems, OutputError
+from bridgebench.errors import ConfigError, ConfigProblems, OutputError
 from bridgebench.runtime.env import quiet_libraries
 from bridgebench.runtime.io import ensure_dir
 
 CHECKPOINT = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
+def interpolation_problem(err: Exception) -> str:
+    """One line for a ${...} that cannot be resolved: the key it is in and what is wrong."""
+
+    def unnested(key: str) -> str:  # the parser nests a file under the subcommand; the user never wrote that
+        head, _, rest = key.partition(".")
+        return rest if head in LightningCLI.subcommands() else key
+
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    target = re.search(r"resolved to '([^']+)'", reason)
+    if target:
+        reason = f"key '{unnested(target.group(1))}' not found"
+    return (f"{unnested(getattr(err, 'full_key', None) or '') or 'config'}: cannot resolve ${{...}}: {reason} "
+            "(keys are absolute from the top of the config, e.g. ${data.batch_size}; ${...} works in --config "
+            "files, not in --key=value flags)")
 
 
 def resolve_ckpt_path(value: Optional[str], root: str, subcommand: str) -> tuple[Optional[str], list[str]]:
@@ -47,10 +65,24 @@ def resolve_ckpt_path(value: Optional[str], root: str, subcommand: str) -> tuple
 
 class BridgeCLI(LightningCLI):
     """LightningCLI with bridgebench's defaults: the run folder is ``trainer.default_root_dir``;
-    checkpoints go to its ``checkpoints/``, each command's logs and config to ``logs/NN-<command>/``."""
+    checkpoints go to its ``checkpoints/``, each command's logs (CSV and TensorBoard, or the loggers
+    ``trainer.logger`` names; ``loggers.py``) and config to ``logs/NN-<command>/``."""
+
+    def init_parser(self, **kwargs):
+        # ${...} interpolation (omegaconf), resolved on the whole config after every --config file and
+        # --key=value flag ("omegaconf+"; plain "omegaconf" resolves each file alone, so a tied value
+        # would not follow a later override): `eval_batch_size: ${data.batch_size}` follows
+        # --data.batch_size=8. Paths in a file are absolute from its top (`${data.batch_size}`), as
+        # the file reads, though the parser nests it under the subcommand.
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+        kwargs.setdefault("parser_mode", "omegaconf+")
+        return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        super().parse_arguments(parser, args)
+        try:
+            super().parse_arguments(parser, args)
+        except OmegaConfBaseException as err:
+            raise ConfigError(interpolation_problem(err)) from None
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         root = config.trainer.default_root_dir or os.path.join("runs", "default")
@@ -91,9 +123,7 @@ class BridgeCLI(LightningCLI):
             config.trainer.logger = False
             return
         folder = run_folder.begin_command(root, self.subcommand, config.get("ckpt_path"))
-        if config.trainer.logger in (None, True):
-            config.trainer.logger = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
-                                               init_args=Namespace(save_dir=root, name="logs", version=folder))]
+        config.trainer.logger = loggers.command_loggers(config.trainer.logger, root, folder)
         callbacks = list(config.trainer.callbacks or [])
         checkpointing = [c for c in callbacks if getattr(c, "class_path", "") == CHECKPOINT]
         for callback in checkpointing:  # shared by the run's commands, not inside one command's folder
@@ -109,6 +139,8 @@ class BridgeCLI(LightningCLI):
             if not os.environ.get("BRIDGEBENCH_QUIET"):
                 callbacks.append(Namespace(class_path="bridgebench.engine.progress.ProgressLines"))
         callbacks.append(Namespace(class_path="bridgebench.engine.run_folder.ValidateResults"))
+        if config.trainer.logger:
+            callbacks.append(Namespace(class_path="bridgebench.engine.loggers.RunDescription"))
         config.trainer.callbacks = callbacks
         if not config.trainer.plugins:  # checkpoints are written whole or not at all
             config.trainer.plugins = [Namespace(class_path="bridgebench.engine.checkpoints.AtomicCheckpointIO")]

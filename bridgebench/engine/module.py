@@ -9,7 +9,8 @@ training tags and logs the component table. ``training_step`` / ``validation_ste
 ``test_step`` compute the enabled objectives' losses; validation and test also feed the
 ``TestEvaluator`` (``evaluator.py``), which scores at the epoch's end and whose results
 ``on_test_end`` writes into the run folder. ``configure_optimizers`` groups parameters as the parts
-declare them. ``on_save_checkpoint`` keeps trainable weights and the random state only;
+declare them. ``on_save_checkpoint`` keeps trainable weights and the random state only
+(``checkpoints.keep_trainable``); ``from_pretrained`` reads an exported bridge (``exported.py``);
 ``on_load_checkpoint`` checks nothing trainable is missing and tells the datamodule where a resumed
 epoch stopped. Freezing and the frozen parts' precision are in ``frozen.py``.
 """
@@ -173,6 +174,14 @@ class BridgeModule(L.LightningModule):
             kwargs[name] = (spec_from_dict(type(default), value)
                             if dataclasses.is_dataclass(default) and isinstance(value, dict) else value)
         return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides) -> "BridgeModule":
+        """A bridge written by ``python -m bridgebench export`` (its folder, or a hub repo holding it),
+        in eval mode; ``overrides`` replace hyper-parameters (e.g. ``precision``)."""
+        from bridgebench.engine.exported import load_exported
+
+        return load_exported(cls, path, **overrides)
 
     # === Freezing and the run's parts ===
 
@@ -414,16 +423,7 @@ class BridgeModule(L.LightningModule):
     # === Checkpoints ===
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng"] = checkpoints.rng_state()
-        keep = self.trainable_state_keys()
-        checkpoints.trainable_only(checkpoint, keep)
-        checkpoint["bridgebench"] = {
-            "trainable_keys": sorted(keep),
-            "components": {"encoder": self.encoder.identity(), "llm": self.llm.identity() if self.llm else None,
-                           "bridge": self.specs["bridge"].name if self.bridge is not None else None},
-        }
-        if self.tagger is not None:
-            checkpoint["bridgebench"]["tag_vocabulary"] = self.tagger.vocabulary
+        checkpoints.keep_trainable(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("bridgebench", {}).get("tag_vocabulary")

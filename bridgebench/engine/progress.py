@@ -14,11 +14,10 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import Callback
 
-PREFIX = "[progress]"
+from bridgebench.runtime.progress import PREFIX
+from bridgebench.runtime.progress import seconds_text as _minutes
 
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+__all__ = ["PREFIX", "ProgressLines"]
 
 
 class ProgressLines(Callback):

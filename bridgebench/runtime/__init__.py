@@ -1,3 +1,3 @@
 """Runtime helpers every layer may use: where things live (``paths``), pretrained references
-(``references``), the ``tiny`` stand-ins, durable file writes (``io``) and process set-up (``env``).
+(``references``), the ``tiny`` stand-ins, durable file writes (``io``), process set-up (``env``) and ``[progress]`` lines (``progress``).
 Leaves: they import only ``bridgebench.errors`` and each other."""

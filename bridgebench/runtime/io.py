@@ -8,6 +8,7 @@ cannot write its outputs stops at once with one line naming the path and the rea
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -69,6 +70,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def file_mode() -> int:
+    """The mode a plain ``open`` would give a new file (0o644 under the usual umask 022). Temporary
+    files are created 0o600, and a rename keeps that: results and exports would be unreadable to
+    the other people of a shared folder. Read once: reading the umask means setting it for a moment."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, text: str | bytes) -> Path:
     """Write ``path`` whole or not at all: a temporary file beside it, fsync'd, then renamed."""
     path = Path(path)
@@ -83,6 +94,7 @@ def atomic_write(path: str | os.PathLike, text: str | bytes) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as err:
         raise output_error(path, err) from None

@@ -1,6 +1,7 @@
 """``python -m bridgebench caption AUDIO... --ckpt RUN [--instruction "..."]``: a trained run on your audio.
 
-RUN is a run folder (its ``checkpoints/last.ckpt`` is used) or a checkpoint file. The model is
+RUN is a run folder (its ``checkpoints/last.ckpt`` is used), a checkpoint file, or an exported bridge
+(``python -m bridgebench export``: its folder, or the hub repo it was pushed to). The model is
 rebuilt from the hyper-parameters stored in the checkpoint (frozen parts from their pretrained
 references, trainable weights from the checkpoint); each file is decoded, mixed to mono, resampled
 to the encoder's rate and cut to the encoder's window (or ``--seconds``, from the start). Prints one
@@ -24,7 +25,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bridgebench caption", description=__doc__.splitlines()[0])
     parser.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg, mp3)")
-    parser.add_argument("--ckpt", required=True, help="run folder or checkpoint file")
+    parser.add_argument("--ckpt", required=True, help="run folder, checkpoint file, or exported bridge (folder or hub repo)")
     parser.add_argument("--instruction", help="a question or instruction (default: the run's caption instruction)")
     parser.add_argument("--seconds", type=float, help="use at most this many seconds from the start")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -68,7 +69,9 @@ class Console:
             return
         text = f"[sweep] {label}: {line[len(PROGRESS):].strip()}"
         if self.tty:
-            print("\r" + text[:160].ljust(160), end="", flush=True)
+            # Narrower than the terminal: a line that wraps cannot be redrawn by a carriage return.
+            width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+            print("\r" + text[:width].ljust(width), end="", flush=True)
             self.open = True
         else:
             print(text, flush=True)
