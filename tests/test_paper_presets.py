@@ -33,3 +33,31 @@ def test_blap_stage1_optimiser_is_the_codes_adam_without_weight_decay():
     assert opt["weight_decay"] == 0.0 and opt["schedule"] == "constant" and opt["warmup_steps"] == 0
     assert opt["lr"] == 3.0e-5
     assert "Deviations" in header("blap_stage1") and "3e-4" in header("blap_stage1")
+
+
+BLAP_FORBIDDEN = ["Upbeat", "upbeat", "Upbeat,", "upbeat,", "The low quality recording", "This is a low-quality"]
+
+
+def test_blap_stage2_is_the_shutterstock_recipe_with_its_caption_augmentation():
+    cfg = preset("blap_stage2")
+    # blap.txt:81-83: batch 400 on 8 GPUs, lr 3e-4, 70k steps; BLAP2_Pretrain.py:905-906: Adam only
+    assert cfg["trainer"]["max_steps"] == 70_000
+    assert cfg["data"]["batch_size"] * cfg["trainer"]["devices"] == 400
+    opt = cfg["model"]["optimizer"]
+    assert (opt["lr"], opt["weight_decay"], opt["schedule"], opt["warmup_steps"]) == (3.0e-4, 0.0, "constant", 0)
+    assert "shutterstock" in cfg["data"]["manifest"]
+    # BLAP2_Pretrain.py:582,710: the six phrases in this order, p 0.6
+    assert cfg["data"]["drop_phrases"] == BLAP_FORBIDDEN and cfg["data"]["drop_phrase_p"] == 0.6
+    assert "MusicCaps" in header("blap_stage2") and "Deviations" in header("blap_stage2")
+
+
+def test_blap_musiccaps_finetune_starts_from_stage2_for_500_steps_at_lr_3e6():
+    cfg = preset("blap_musiccaps_finetune")  # blap.txt:85
+    assert cfg["trainer"]["max_steps"] == 500
+    assert cfg["data"]["batch_size"] * cfg["trainer"]["devices"] == 400
+    assert cfg["model"]["optimizer"]["lr"] == 3.0e-6 and cfg["model"]["optimizer"]["weight_decay"] == 0.0
+    assert cfg["model"]["stage1_checkpoint"] == "runs/blap_stage2/checkpoints/last.ckpt"
+    assert "musiccaps" in cfg["data"]["manifest"] and cfg["data"]["splits"]["val"] == "test"
+    assert cfg["data"]["drop_phrases"] == BLAP_FORBIDDEN
+    stage2 = preset("blap_stage2")["model"]
+    assert {k: cfg["model"][k] for k in ("encoder", "bridge", "llm")} == {k: stage2[k] for k in ("encoder", "bridge", "llm")}
