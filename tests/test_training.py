@@ -318,6 +318,19 @@ def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_t
             assert "encoder" not in rates
 
 
+def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_min_lr():
+    from bridgebench.engine.schedule import lr_factor
+
+    o = OptimSpec(lr=1e-4, min_lr=0.0, warmup_lr=0.0, warmup_steps=4, schedule="linear")
+    rates = [1e-4 * lr_factor(o, step, total=24) for step in range(25)]
+    assert rates[:5] == pytest.approx([0.0, 2.5e-5, 5e-5, 7.5e-5, 1e-4])  # warm-up from warmup_lr
+    assert rates[14] == pytest.approx(5e-5) and rates[24] == pytest.approx(0.0)  # halfway, then min_lr
+    steps = [a - b for a, b in zip(rates[4:], rates[5:])]
+    assert steps == pytest.approx([5e-6] * 20)  # equal decrements: a line, not a cosine
+    cosine = OptimSpec(lr=1e-4, min_lr=0.0, warmup_lr=0.0, warmup_steps=4, schedule="cosine")
+    assert 1e-4 * lr_factor(cosine, 9, total=24) > rates[9]  # the cosine starts flatter
+
+
 def _fsdp_units(root, policy):
     """The wrap units FSDP's recursive auto-wrap would build, each with the parameters it owns
     (those not inside a nested unit); the root unit comes last."""
