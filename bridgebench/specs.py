@@ -234,6 +234,10 @@ class Seq2SeqOptions:
     """Override the FFN activation (LAVIS and BLAP set ``gelu`` on Flan-T5)."""
     max_prompt_tokens: int = at_least(1, 128)
     max_target_tokens: int = at_least(1, 64)
+    prompt_truncation: str = "left"
+    """Which end of a prompt longer than ``max_prompt_tokens`` is cut: ``left`` (its start; LAVIS's
+    InstructBLIP tokenizes the T5 input with truncation_side left, keeping the question at the end)
+    or ``right``. Targets always lose their end."""
 
 
 @dataclass

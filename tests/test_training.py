@@ -318,6 +318,23 @@ def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_t
             assert "encoder" not in rates
 
 
+def test_t5_prompt_truncation_keeps_the_end_of_a_long_instruction_by_default():
+    from transformers import AutoTokenizer
+
+    from bridgebench.llms.seq2seq import Seq2SeqText
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint("t5")))
+    instruction = "describe the music in detail and then say which instrument plays the lead"
+    full = tok(instruction).input_ids
+    assert len(full) > 6
+    left = Seq2SeqText(tok, 6, 4)([instruction], ["a slow piano ballad with soft drums"])
+    assert left["prompt_ids"][0].tolist() == full[-6:]  # LAVIS: truncation_side left, the end survives
+    assert left["target_ids"][0].tolist()[:3] == tok("a slow piano ballad").input_ids[:3]  # targets: right
+    right = Seq2SeqText(tok, 6, 4, "right")([instruction])
+    assert right["prompt_ids"][0].tolist()[:5] == full[:5]
+
+
 def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_min_lr():
     from bridgebench.engine.schedule import lr_factor
 
