@@ -61,3 +61,17 @@ def test_blap_musiccaps_finetune_starts_from_stage2_for_500_steps_at_lr_3e6():
     assert cfg["data"]["drop_phrases"] == BLAP_FORBIDDEN
     stage2 = preset("blap_stage2")["model"]
     assert {k: cfg["model"][k] for k in ("encoder", "bridge", "llm")} == {k: stage2[k] for k in ("encoder", "bridge", "llm")}
+
+
+def test_mint_follows_its_pretraining_details_and_lavis_instructblip():
+    for name in ("mint_stage1", "mint_stage2"):
+        opt = preset(name)["model"]["optimizer"]
+        # mint.txt:106: "Adam ... a linear schedule with 2000 warmup steps and a base learning rate of 1e-4"
+        assert (opt["schedule"], opt["warmup_steps"], opt["lr"], opt["weight_decay"]) == ("linear", 2000, 1.0e-4, 0.0)
+    stage1 = preset("mint_stage1")
+    assert "wavcaps" in header("mint_stage1").lower() and "audiocaps" not in stage1["data"]["manifest"]  # mint.txt:90
+    assert stage1["model"]["evaluation"]["rerank_k"] == 0  # LAION's setting: embedding similarity only
+    t5 = preset("mint_stage2")["model"]["llm"]["seq2seq"]
+    assert t5["dense_act_fn"] == "gelu"  # blip2_t5_instruct.py:92-96
+    assert t5["prompt_truncation"] == "left" and t5["max_prompt_tokens"] == 30  # :89-90; mint.txt:106
+    assert preset("mint_stage2")["data"]["instructions"] == ["Generate audio caption:"]  # Table 1

@@ -335,6 +335,16 @@ def test_t5_prompt_truncation_keeps_the_end_of_a_long_instruction_by_default():
     assert right["prompt_ids"][0].tolist()[:5] == full[:5]
 
 
+def test_dense_act_fn_gelu_gives_flan_t5_exact_gelu_and_keeps_it_gated():
+    from bridgebench.llms.seq2seq import Seq2SeqLM
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    path = str(tiny_checkpoint("t5"))
+    for act, expected in ((None, "NewGELUActivation"), ("gelu", "GELUActivation")):
+        ffn = Seq2SeqLM(path, dense_act_fn=act).model.encoder.block[0].layer[-1].DenseReluDense
+        assert type(ffn.act).__name__ == expected and hasattr(ffn, "wi_0")  # LAVIS: gelu, still gated
+
+
 def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_min_lr():
     from bridgebench.engine.schedule import lr_factor
 
