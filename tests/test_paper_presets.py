@@ -75,3 +75,17 @@ def test_mint_follows_its_pretraining_details_and_lavis_instructblip():
     assert t5["dense_act_fn"] == "gelu"  # blip2_t5_instruct.py:92-96
     assert t5["prompt_truncation"] == "left" and t5["max_prompt_tokens"] == 30  # :89-90; mint.txt:106
     assert preset("mint_stage2")["data"]["instructions"] == ["Generate audio caption:"]  # Table 1
+
+
+def test_mint_table2_presets_rank_the_labels_the_converters_write_after_their_table1_prompt():
+    from bridgebench.datamodules.convert import MINT_FORMATS, MINT_TABLE1
+
+    for fmt in ("nsynth", "openmic", "fma", "gtzan"):
+        cfg = preset(f"mint_table2_{fmt}")
+        dataset, label = MINT_FORMATS[fmt]
+        assert cfg["model"]["evaluation"]["classify"] == [{"label": label, "instruction": MINT_TABLE1[dataset]}]
+        assert cfg["data"]["task"] == "qa" and cfg["data"]["instructions"] == [MINT_TABLE1[dataset]]
+        stage2 = preset("mint_stage2")["model"]
+        assert {k: cfg["model"][k] for k in ("encoder", "bridge", "llm")} == {k: stage2[k] for k in ("encoder", "bridge", "llm")}
+        assert "--model.stage1_checkpoint=runs/mint_stage2/checkpoints/last.ckpt" in header(f"mint_table2_{fmt}")
+    assert "zero-shot" in header("mint_table2_gtzan")
