@@ -257,6 +257,9 @@ class CausalOptions:
     """Start with the tokenizer's BOS token when it has one."""
     max_prompt_tokens: int = at_least(1, 128)
     max_target_tokens: int = at_least(2, 160)
+    stop_strings: Optional[list[str]] = None
+    """Generation stops once a sequence's text ends with one of these, and the answer is cut there
+    (MusiLingo's qa.py stops at ``###``); None: only at EOS or ``max_new_tokens``."""
 
 
 @dataclass

@@ -113,6 +113,31 @@ def test_generation_from_soft_prompts_returns_text(llm):
     assert any(t.strip() for t in texts)
 
 
+def test_causal_generation_stops_at_a_stop_string_and_cuts_the_answer_there():
+    from bridgebench.llms.causal import CausalLM
+    from bridgebench.runtime.tiny import tiny_checkpoint
+    from bridgebench.specs import GenerationSpec
+
+    lm = CausalLM(str(tiny_checkpoint("llama")), end_symbol=None)
+    text = lm.text_processor(["what instrument plays?"])
+    soft = torch.randn(1, 3, lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    soft_mask = torch.ones(1, 3, dtype=torch.bool)
+    gen = GenerationSpec(num_beams=1, max_new_tokens=12, min_length=1)
+    outputs = []
+    generate = lm.model.generate
+    lm.model.generate = lambda *a, **k: outputs.append(generate(*a, **k)) or outputs[-1]
+    full = lm.generate(soft, soft_mask, text, gen)[0]
+    ids = outputs[-1][0].tolist()
+    assert len(ids) == 12  # unconstrained: the whole budget
+    # A later token whose text is a plain word: the stop string (what "###" is for MusiLingo).
+    at = next(j for j in range(1, 11) if (piece := lm.tokenizer.decode(ids[j])).isalpha() and len(piece) > 1)
+    stop = lm.tokenizer.decode(ids[at])
+    lm.stop_strings = [stop]
+    cut = lm.generate(soft, soft_mask, text, gen)[0]
+    assert outputs[-1].shape[1] <= at + 1  # generation itself stopped, not just the decoded text
+    assert cut == full.split(stop, 1)[0].strip() and stop not in cut
+
+
 def test_eval_frozen_dtype_generates_in_its_dtype_and_trains_in_frozen_dtype():
     m = tiny_module(llm="causal", bridge="linear_pool", precision=PrecisionSpec("bfloat16", "float32"))
     (hooks,) = m.configure_callbacks()  # the precision switch is a callback the module brings
