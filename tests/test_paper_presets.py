@@ -89,3 +89,52 @@ def test_mint_table2_presets_rank_the_labels_the_converters_write_after_their_ta
         assert {k: cfg["model"][k] for k in ("encoder", "bridge", "llm")} == {k: stage2[k] for k in ("encoder", "bridge", "llm")}
         assert "--model.stage1_checkpoint=runs/mint_stage2/checkpoints/last.ckpt" in header(f"mint_table2_{fmt}")
     assert "zero-shot" in header("mint_table2_gtzan")
+
+
+MUSILINGO_STAGE2 = {  # train_configs/musilingo_stage2_finetune_*.yaml: (micro-batches, accumulation)
+    "musilingo_stage2": (6 * 5000, 16), "musilingo_stage2_mi_short": (6 * 2500, 16),
+    "musilingo_stage2_mi_long": (6 * 3000, 16), "musilingo_stage2_mi_mixed": (6 * 5000, 16),
+    "musilingo_stage2_musiccaps": (6 * 1000, 8),
+}
+
+
+def test_musilingo_presets_score_in_its_convention_and_stop_at_the_end_symbol():
+    for name in ["musilingo_stage1", *MUSILINGO_STAGE2]:
+        assert "musilingo" in preset(name)["model"]["evaluation"]["metric_modes"], name
+    for name, (micro, accum) in MUSILINGO_STAGE2.items():
+        cfg = preset(name)
+        assert cfg["model"]["llm"]["causal"]["stop_strings"] == ["###"]  # qa.py:80-88
+        assert cfg["trainer"]["accumulate_grad_batches"] == accum and cfg["data"]["batch_size"] == 2
+        assert cfg["trainer"]["max_steps"] == micro // accum
+        assert cfg["model"]["optimizer"]["warmup_steps"] == round(micro / 6 / accum + 1e-9)  # one "epoch"
+        assert cfg["model"]["stage1_checkpoint"] == "runs/musilingo_stage1/checkpoints/last.ckpt"
+    caps = preset("musilingo_stage2_musiccaps")["data"]
+    assert caps["task"] == "caption" and caps["instructions"] == ["Please give a caption to the music."]
+    assert [preset(f"musilingo_stage2_mi_{k}")["data"]["task"] for k in ("short", "long", "mixed")] == ["qa"] * 3
+
+
+def test_musilingo_stage1_trains_on_caption_writing_only(tmp_path):
+    # msd_dataset.py:150 and musilingo.txt:115: only caption_writing, even from a four-column manifest
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from bridgebench.datamodules import AudioTextDataModule
+    from bridgebench.datamodules.contract import DataContract, TextProcessor
+    from bridgebench.datamodules.convert import convert
+
+    rows = []
+    for k in range(4):
+        sf.write(tmp_path / f"t{k}.wav", np.zeros(1600, dtype=np.float32), 16_000)
+        rows.append({"track_id": f"t{k}", "path": f"t{k}.wav", "caption_writing": f"writing {k}",
+                     "caption_summary": f"summary {k}", "caption_paraphrase": f"paraphrase {k}",
+                     "caption_attribute_prediction": f"attributes {k}"})
+    (tmp_path / "msd_train.json").write_text(json.dumps(rows))
+    convert("lp-musiccaps", str(tmp_path / "msd_train.json"), str(tmp_path / "m.jsonl"))  # all four columns
+    data = {k: v for k, v in preset("musilingo_stage1")["data"].items() if k not in ("manifest", "num_workers")}
+    dm = AudioTextDataModule(manifest=str(tmp_path / "m.jsonl"), num_workers=0, **data)
+    dm.connect(DataContract(16_000, None, TextProcessor(lambda instructions, targets=None: {})))
+    train = dm.dataset("train")
+    targets = {train[(i, epoch)]["target"] for i in range(4) for epoch in range(5)}
+    assert targets == {f"writing {k}" for k in range(4)}
