@@ -1,6 +1,7 @@
 """``python -m bridgebench captions from-tags|refine|eval``: caption data from language models.
 
-``from-tags``: LP-MusicCaps (``from_tags.py``); ``refine``: AudioSetCaps (``refine.py``); ``eval``:
+``from-tags``: LP-MusicCaps (``from_tags.py``); ``refine``: AudioSetCaps (its released pipeline,
+``audiosetcaps.py``, or ``--mode gated``, ``refine.py``); ``eval``:
 LP-MusicCaps' table-2 scores of generated manifests against their source captions.
 """
 
@@ -65,7 +66,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         from bridgebench.runtime.env import quiet_libraries
 
         quiet_libraries()
-        print(json.dumps(refine.run_from_args(opts)))
+        if opts.mode == "released":
+            from bridgebench.captiondata import audiosetcaps
+
+            print(json.dumps(audiosetcaps.run_from_args(opts)))
+        else:
+            print(json.dumps(refine.run_from_args(opts)))
         return 0
     if opts.command == "from-tags":
         _positive("batch-size", opts.batch_size)
