@@ -138,3 +138,15 @@ def test_musilingo_stage1_trains_on_caption_writing_only(tmp_path):
     train = dm.dataset("train")
     targets = {train[(i, epoch)]["target"] for i in range(4) for epoch in range(5)}
     assert targets == {f"writing {k}" for k in range(4)}
+
+
+def test_every_paper_preset_header_lists_its_deviations():
+    import glob
+
+    names = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "experiments", "*.yaml"))
+                   if os.path.basename(p).startswith(("blap_", "mint_", "musilingo_")))
+    assert len(names) == 15
+    for name in names:
+        lines = header(name).splitlines()
+        start = lines.index("# Deviations from paper/code:")  # ValueError: the preset names none
+        assert lines[start + 1].startswith("#  - "), name
