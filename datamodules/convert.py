@@ -481,7 +481,8 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
     caption_ground_truth, start_s, end_s, is_audioset_eval [MC]; caption_writing, caption_summary,
     caption_paraphrase, caption_attribute_prediction, pseudo_attribute, path) and zihaod/MusiLingo
     ``musilingo/datasets/datasets/msd_dataset.py`` (audio = ``path`` under the mp3 folder, caption =
-    caption_writing). Captions: all four columns in that order, or ``columns`` (a list or a comma
+    caption_writing; lpmc/llm_captioning/eval.py for MC: rows with ``is_crawled`` false are skipped,
+    as there). Captions: all four columns in that order, or ``columns`` (a list or a comma
     string, e.g. ``"caption_writing"`` as MusiLingo); ``meta.caption_columns`` says which column each
     caption came from. Tags: the tag list. Split: ``split``, else a top-level ``{"train": [...], ...}``
     key, else is_audioset_eval (MC), else the file name (``*_train.json``), else train. Audio:
@@ -531,6 +532,11 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
         clip_id = next((_text(r[k]) for k in _LP_ID_COLUMNS if _text(r.get(k))), "")
         if not clip_id:
             job.skip("missing track_id/ytid")
+            continue
+        if "is_crawled" in r and _bool(r.get("is_crawled")) is False:
+            # MC rows whose audio LP-MusicCaps could not fetch: their eval.py leaves them out (2,839
+            # of MusicCaps' 2,858 eval clips remain), and without audio they cannot be used here either.
+            job.skip("not crawled (is_crawled false)")
             continue
         kept = [(c, _text(r.get(c))) for c in cols]
         kept = [(c, t) for c, t in kept if t]

@@ -181,6 +181,12 @@ def test_lp_musiccaps_jsonl_json_and_csv(tmp_path):
     assert _audio(clip) == str(tmp_path / "lp" / "-0Gj8-vB1q4.wav")
     with pytest.raises(ValueError, match="unknown caption column 'caption_x'"):
         convert("lp-musiccaps", src, str(tmp_path / "x.jsonl"), columns="caption_x")
+    # LP-MusicCaps-MC as their eval.py reads it: clips whose audio was not crawled are left out
+    mc = [{"ytid": f"y{k}", "aspect_list": ["rock"], "caption_ground_truth": f"Truth {k}.", "is_audioset_eval": True,
+           "is_crawled": crawled} for k, crawled in enumerate([True, False, "True"])]
+    src = _write(tmp_path / "lp" / "mc.json", json.dumps(mc))
+    counts, clips, _ = _run(tmp_path, "lp-musiccaps", src, columns="caption_ground_truth")
+    assert sorted(clips) == ["y0", "y2"] and counts["reasons"] == {"not crawled (is_crawled false)": 1}
 
 
 def test_musicinstruct_groups_pairs_per_clip(tmp_path):
