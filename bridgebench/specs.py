@@ -234,6 +234,10 @@ class Seq2SeqOptions:
     """Override the FFN activation (LAVIS and BLAP set ``gelu`` on Flan-T5)."""
     max_prompt_tokens: int = at_least(1, 128)
     max_target_tokens: int = at_least(1, 64)
+    prompt_truncation: str = "left"
+    """Which end of a prompt longer than ``max_prompt_tokens`` is cut: ``left`` (its start; LAVIS's
+    InstructBLIP tokenizes the T5 input with truncation_side left, keeping the question at the end)
+    or ``right``. Targets always lose their end."""
 
 
 @dataclass
@@ -253,6 +257,9 @@ class CausalOptions:
     """Start with the tokenizer's BOS token when it has one."""
     max_prompt_tokens: int = at_least(1, 128)
     max_target_tokens: int = at_least(2, 160)
+    stop_strings: Optional[list[str]] = None
+    """Generation stops once a sequence's text ends with one of these, and the answer is cut there
+    (MusiLingo's qa.py stops at ``###``); None: only at EOS or ``max_new_tokens``."""
 
 
 @dataclass
@@ -347,7 +354,8 @@ class EvalSpec:
 
 @dataclass
 class OptimSpec:
-    """AdamW over the trainable parameters, linear warmup then cosine decay, stepped every batch."""
+    """AdamW over the trainable parameters (with weight decay 0 it is Adam), a linear warmup, then
+    the schedule, stepped every optimizer step."""
 
     lr: float = positive(1e-4)
     min_lr: float = at_least(0, 1e-5)
@@ -357,7 +365,8 @@ class OptimSpec:
     """Applied to weights with >= 2 dims; biases and norms get none."""
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "cosine"
-    """cosine (warmup then cosine to min_lr) or constant (warmup then lr)."""
+    """cosine (warmup, then cosine to min_lr), linear (warmup, then a straight line to min_lr) or
+    constant (warmup, then lr)."""
     lr_scale: dict[str, float] = field(default_factory=dict)
     """Learning-rate multipliers per parameter group (the schedule scales with them): ``encoder`` (a
     trainable encoder) and ``projection`` (the bridge's output layer into the LLM, which starts from
@@ -399,7 +408,7 @@ LLM_MODES = ("frozen", "lora", "full")
 OBJECTIVES = ("lm", "atc", "atm", "atg", "tag")
 STAGE1_OBJECTIVES = ("atc", "atm", "atg")
 FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "linear")
 OUTPUT_INITS = ("default", "embedding_scale")
 LR_GROUPS = ("encoder", "projection")
 

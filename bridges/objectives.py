@@ -128,10 +128,7 @@ class Stage1Heads(nn.Module):
             self.atm_head = nn.Linear(width, 2)
         if "atg" in self.objectives:
             self.lm_head = QFormerLMHead(bridge.qformer.config, bridge.qformer.embeddings.word_embeddings)
-            head = {k.removeprefix("cls."): v for k, v in bridge.bert_state.items()}
-            own = self.lm_head.state_dict()
-            self.lm_head.load_state_dict({k: v for k, v in head.items() if k in own and own[k].shape == v.shape},
-                                         strict=False)
+            self.lm_head.load_bert_head(bridge.bert_state)
 
     # --- passes with the three attention patterns ---
 

@@ -220,6 +220,21 @@ class QFormerLMHead(nn.Module):
         self.predictions.bias = nn.Parameter(torch.zeros(word_embeddings.num_embeddings))
         self.word_embeddings = [word_embeddings]  # tied, not a second copy of the weights
 
+    def load_bert_head(self, bert_state: dict[str, torch.Tensor]) -> None:
+        """Copy BERT's MLM head (``cls.predictions.*``) by name. The bias is as long as the grown
+        vocabulary ([DEC] added): BERT's values fill the old rows and the added rows stay 0, which is
+        what LAVIS gets by loading BERT at its own vocabulary size and then resizing (transformers pads
+        the tied decoder bias with zeros); copying only same-shaped tensors would drop the whole bias."""
+        head = {k.removeprefix("cls."): v for k, v in bert_state.items() if k.startswith("cls.")}
+        own = self.state_dict()
+        load = {k: v for k, v in head.items() if k in own and own[k].shape == v.shape}
+        bias = head.get("predictions.bias")
+        if bias is not None and bias.dim() == 1 and bias.shape[0] < own["predictions.bias"].shape[0]:
+            grown = torch.zeros_like(own["predictions.bias"])
+            grown[: bias.shape[0]] = bias
+            load["predictions.bias"] = grown
+        self.load_state_dict(load, strict=False)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         t = self.predictions.transform
         h = t.LayerNorm(F.gelu(t.dense(hidden)))

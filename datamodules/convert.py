@@ -33,6 +33,9 @@ What it assumes:
 * Converter-specific options are keyword arguments of ``convert`` (``columns`` for LP-MusicCaps,
   ``trimmed`` for the YouTube-clip datasets, ``split_dir``/``seed`` for GTZAN, ``partition``/``threshold``
   for OpenMIC, ``subset`` for FMA); an unknown option is an error.
+* GTZAN, FMA, NSynth and OpenMIC clips also get MINT's instruction/answer pair (its Table-1 prompt,
+  the label as answer) in ``qa``, so ``task: qa`` instruction-tunes on them as MINT does; WavCaps and
+  Clotho get theirs with ``mint_qa=True`` (``--mint-qa``).
 
 ``CONVERTERS`` maps each format ID to its function (``fn(job, **options) -> iterable of rows``).
 """
@@ -478,7 +481,8 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
     caption_ground_truth, start_s, end_s, is_audioset_eval [MC]; caption_writing, caption_summary,
     caption_paraphrase, caption_attribute_prediction, pseudo_attribute, path) and zihaod/MusiLingo
     ``musilingo/datasets/datasets/msd_dataset.py`` (audio = ``path`` under the mp3 folder, caption =
-    caption_writing). Captions: all four columns in that order, or ``columns`` (a list or a comma
+    caption_writing; lpmc/llm_captioning/eval.py for MC: rows with ``is_crawled`` false are skipped,
+    as there). Captions: all four columns in that order, or ``columns`` (a list or a comma
     string, e.g. ``"caption_writing"`` as MusiLingo); ``meta.caption_columns`` says which column each
     caption came from. Tags: the tag list. Split: ``split``, else a top-level ``{"train": [...], ...}``
     key, else is_audioset_eval (MC), else the file name (``*_train.json``), else train. Audio:
@@ -528,6 +532,11 @@ def lp_musiccaps(job: Job, *, columns: Any = None, trimmed: bool = False) -> Ite
         clip_id = next((_text(r[k]) for k in _LP_ID_COLUMNS if _text(r.get(k))), "")
         if not clip_id:
             job.skip("missing track_id/ytid")
+            continue
+        if "is_crawled" in r and _bool(r.get("is_crawled")) is False:
+            # MC rows whose audio LP-MusicCaps could not fetch: their eval.py leaves them out (2,839
+            # of MusicCaps' 2,858 eval clips remain), and without audio they cannot be used here either.
+            job.skip("not crawled (is_crawled false)")
             continue
         kept = [(c, _text(r.get(c))) for c in cols]
         kept = [(c, t) for c, t in kept if t]
@@ -1048,6 +1057,54 @@ def fma(job: Job, *, subset: str | None = None) -> Iterator[dict]:
         }
 
 
+# MINT's Table 1 (../shared/papers/mint.txt:69-84), verbatim: the input prompt of each dataset it trains
+# or evaluates on; the output is the row's label (or caption). Rows of sets without a converter here
+# (AudioSet, VGGSound, FSD50K, Music4All, FreeSound) are kept so their manifests can use the same text.
+MINT_TABLE1 = {
+    "AudioSet": "This is a sound of",
+    "VGGSound": "This is a sound of",
+    "Openmic": "Identify the instruments in this segment of music:",
+    "FMALarge": "The genre of this music is",
+    "NSynth": "The most prominent instrument in this music is",
+    "FSD50K": "This is a sound of",
+    "Music4All-key": "The key of this music is",
+    "Music4All-genre": "The genre of this music is",
+    "GTZAN": "The genre of this music is",
+    "WavCaps": "Generate audio caption:",
+    "FreeSound": "Generate audio caption:",
+    "Clotho": "Generate audio caption:",
+}
+# Our formats -> (Table-1 row, the label key answered; None: the captions). The paper does not say
+# which NSynth label it names (instrument_family here: its 11 classes are the usual NSynth
+# instrument task) nor how several labels are joined (OpenMIC: ", " in alphabetical order).
+MINT_FORMATS = {
+    "gtzan": ("GTZAN", "genre"),
+    "fma": ("FMALarge", "genre_top"),
+    "nsynth": ("NSynth", "instrument_family"),
+    "openmic": ("Openmic", "instruments"),
+    "wavcaps": ("WavCaps", None),
+    "clotho": ("Clotho", None),
+}
+MINT_DEFAULT = ("gtzan", "fma", "nsynth", "openmic")  # label-only sets: their pairs are written by default
+
+
+def mint_pairs(fmt: str, row: dict) -> list[dict]:
+    """MINT's instruction/answer pairs of a converted row: the Table-1 prompt of its dataset and
+    the label as written (a caption set: one pair per caption). An OpenMIC clip with no instrument
+    above the threshold answers "none" (the paper does not say; every test clip needs a pair)."""
+    dataset, key = MINT_FORMATS[fmt]
+    prompt = MINT_TABLE1[dataset]
+    if key is None:
+        answers = list(row.get("captions", []))
+    else:
+        value = (row.get("labels") or {}).get(key)
+        if isinstance(value, list):
+            answers = [", ".join(str(v) for v in value) or "none"]
+        else:
+            answers = [] if value is None else [str(value)]
+    return [{"instruction": prompt, "answer": a} for a in answers if a]
+
+
 CONVERTERS: dict[str, Converter] = {
     "musiccaps": musiccaps,
     "song-describer": song_describer,
@@ -1111,15 +1168,24 @@ def convert(
     audio_root: str | None = None,
     audio_pattern: str | None = None,
     split: str | None = None,
+    mint_qa: bool | None = None,
     **options: Any,
 ) -> dict:
     """Convert a published metadata file/folder to a bridgebench manifest; returns counts {"rows": N, "skipped": M, "reasons": {...}}.
 
     ``fmt`` is a key of ``CONVERTERS``; ``options`` are that converter's keyword options (see its
-    docstring). The manifest is written atomically with ``write_manifest``; its folder is created.
+    docstring). ``mint_qa`` adds MINT's Table-1 instruction/answer pairs (``mint_pairs``) to each
+    clip's ``qa``; default: on for the label-only sets (GTZAN, FMA, NSynth, OpenMIC), off for the
+    caption sets, whose captions serve ``task: caption`` with the same instruction. The manifest is
+    written atomically with ``write_manifest``; its folder is created.
     """
     if fmt not in CONVERTERS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(CONVERTERS)}")
+    if mint_qa is None:
+        mint_qa = fmt in MINT_DEFAULT
+    if mint_qa and fmt not in MINT_FORMATS:
+        raise ValueError(f"{fmt}: MINT's Table 1 has no template for this dataset; mint_qa needs one of "
+                         f"{', '.join(MINT_FORMATS)}")
     fn = CONVERTERS[fmt]
     try:
         inspect.signature(fn).bind(None, **options)
@@ -1141,6 +1207,11 @@ def convert(
         split=_normalize_split(split) if split else None,
     )
     rows = _collect(job, fn(job, **options))
+    if mint_qa:
+        for row in rows:
+            pairs = mint_pairs(fmt, row)
+            if pairs:
+                row["qa"] = row.get("qa", []) + pairs
     os.makedirs(out_dir, exist_ok=True)
     write_manifest(output, rows)
     reasons = dict(sorted(job.reasons.items()))
@@ -1165,6 +1236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio-root", help="folder holding the audio files")
     parser.add_argument("--audio-pattern", help='file name pattern over the row fields, e.g. "{ytid}.wav"')
     parser.add_argument("--split", help="label every clip with this split")
+    parser.add_argument("--mint-qa", action=argparse.BooleanOptionalAction, default=None,
+                        help="add MINT's Table-1 instruction/answer pairs (default: on for gtzan, fma, nsynth, "
+                             "openmic; off for the caption sets)")
     parser.add_argument(
         "--option",
         "-o",
@@ -1183,7 +1257,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_file_target(args.output, "output")
     try:
         counts = convert(
-            args.format, args.source, args.output, args.audio_root, args.audio_pattern, args.split, **options
+            args.format, args.source, args.output, args.audio_root, args.audio_pattern, args.split,
+            mint_qa=args.mint_qa, **options
         )
     except ManifestError:
         raise

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bridgebench.datamodules.audio import load_audio
+from bridgebench.datamodules.augment import check_phrases, drop_phrases
 from bridgebench.datamodules.features import FeatureStore, example_key
 from bridgebench.datamodules.fixtures import BUILTINS
 from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, read_manifest
@@ -59,6 +60,7 @@ def check_options(data: dict) -> list[str]:
     if instructions is not None and (not isinstance(instructions, list) or not instructions
                                      or not all(isinstance(i, str) for i in instructions)):
         out.append(f"data.instructions: {instructions!r}; give a non-empty list of instruction strings")
+    out += check_phrases(data.get("drop_phrases"), data.get("drop_phrase_p", 0.6))
     splits = data.get("splits") or {}
     unknown = sorted(set(splits) - {"train", "val", "test", "predict"})
     if unknown:
@@ -107,9 +109,12 @@ class AudioTextDataset(Dataset):
     def __init__(self, examples: list[Example], sample_rate: int, clip_seconds: Optional[float],
                  instructions: list[str], train: bool, random_crop: bool = True, skip_bad_audio: bool = False,
                  store: Optional[FeatureStore] = None, serve_features: bool = False, cache_hint: str = "",
-                 seed: int = 0, train_target: str = "random", qa_instructions: Optional[dict[str, str]] = None):
+                 seed: int = 0, train_target: str = "random", qa_instructions: Optional[dict[str, str]] = None,
+                 drop_phrases: Optional[list[str]] = None, drop_phrase_p: float = 0.6):
         self.examples = examples
         self.qa_instructions = qa_instructions or {}
+        self.drop_phrases = drop_phrases  # None: targets as written (see augment.py)
+        self.drop_phrase_p = drop_phrase_p
         self.train_target = train_target
         self.seed = seed
         self.sample_rate = sample_rate
@@ -171,6 +176,8 @@ class AudioTextDataset(Dataset):
                 instruction = rng.choice(self.instructions) if self.train else self.instructions[0]
             target = rng.choice(ex.targets) if self.train and self.train_target == "random" else ex.targets[0]
             references = list(ex.targets)
+        if self.drop_phrases:
+            target = drop_phrases(target, self.drop_phrases, self.drop_phrase_p, rng)
         return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
                 "references": references, "labels": ex.clip.labels, "tags": ex.clip.tags,
                 "qa_type": qa_type}
@@ -297,6 +304,12 @@ class AudioTextDataModule(L.LightningDataModule):
             instead of each example's instruction; the LLM still gets the real one. ``""`` blinds the
             bridge to the question: the instruction-awareness ablation (set it in fit to train so,
             or in test alone).
+        drop_phrases: Phrases removed at random from the training and validation targets (BLAP's
+            stage-2 augmentation of MusicCaps boiler-plate, e.g. "The low quality recording"): in this
+            order, each occurrence of a phrase (case-sensitive substring) goes with probability
+            ``drop_phrase_p`` until the first draw that keeps one (see ``augment.py``). Test and
+            predict targets, and every reference, stay as written.
+        drop_phrase_p: Probability of one removal (BLAP: 0.6).
     """
 
     def __init__(
@@ -318,12 +331,15 @@ class AudioTextDataModule(L.LightningDataModule):
         train_target: str = "random",
         qa_instructions: Optional[dict[str, str]] = None,
         bridge_instruction: Optional[str] = None,
+        drop_phrases: Optional[list[str]] = None,
+        drop_phrase_p: float = 0.6,
     ):
         super().__init__()
         problems = check_options(dict(manifest=manifest, task=task, eval_task=eval_task, instructions=instructions,
                                       batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                                       clip_seconds=clip_seconds, splits=splits, limit=limit, features=features,
-                                      train_crop=train_crop, train_target=train_target))
+                                      train_crop=train_crop, train_target=train_target,
+                                      drop_phrases=drop_phrases, drop_phrase_p=drop_phrase_p))
         if problems:
             raise ConfigProblems(problems)
         self.features = features
@@ -332,6 +348,8 @@ class AudioTextDataModule(L.LightningDataModule):
         self.train_target = train_target
         self.bridge_instruction = bridge_instruction
         self.qa_instructions = dict(qa_instructions or {})
+        self.drop_phrases = drop_phrases
+        self.drop_phrase_p = drop_phrase_p
         self.feature_cache = feature_cache
         self.cache_hint = "python -m bridgebench cache --config <the same config files>"
         self.manifest = manifest
@@ -419,7 +437,9 @@ class AudioTextDataModule(L.LightningDataModule):
                                 self.instructions, train=role == "train", random_crop=self.train_crop == "random",
                                 skip_bad_audio=self.skip_bad_audio, store=self.store(),
                                 serve_features=self.features != "audio", cache_hint=self.cache_hint,
-                                seed=self.seed(), train_target=self.train_target, qa_instructions=self.qa_instructions)
+                                seed=self.seed(), train_target=self.train_target, qa_instructions=self.qa_instructions,
+                                drop_phrases=self.drop_phrases if role in ("train", "val") else None,
+                                drop_phrase_p=self.drop_phrase_p)
 
     @staticmethod
     def seed() -> int:

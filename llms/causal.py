@@ -37,6 +37,8 @@ def check_options(opts, key: str) -> list[str]:
     out = [problem] if problem else []
     if AUDIO_SLOT not in opts.template:
         out.append(f"{key}.template: must contain the audio slot '{AUDIO_SLOT}'")
+    if opts.stop_strings is not None and not all(isinstance(x, str) and x for x in opts.stop_strings):
+        out.append(f"{key}.stop_strings: {opts.stop_strings!r}; give non-empty strings, or null")
     if opts.gguf_file and opts.pretrained != "tiny" and not problem:
         base = resolve_pretrained(opts.pretrained, f"{key}.pretrained", build=False)
         path = os.path.join(base, opts.gguf_file) if os.path.isdir(base) else opts.gguf_file
@@ -99,7 +101,8 @@ class CausalLM(LanguageModel):
                  gguf_file: Optional[str] = None,
                  template: str = "###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: ",
                  end_symbol: Optional[str] = "###", add_bos: bool = True, max_prompt_tokens: int = 128,
-                 max_target_tokens: int = 160, lora: Optional[LoraOptions] = None):
+                 max_target_tokens: int = 160, stop_strings: Optional[list[str]] = None,
+                 lora: Optional[LoraOptions] = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kw = {}
@@ -112,6 +115,7 @@ class CausalLM(LanguageModel):
         super().__init__(model, tokenizer, pretrained, mode, lora, task_type="CAUSAL_LM")
         self.gguf_file = gguf_file
         self.end_symbol = end_symbol
+        self.stop_strings = list(stop_strings or [])
         self.text_processor = CausalText(tokenizer, template, end_symbol, add_bos, max_prompt_tokens,
                                          max_target_tokens)
 
@@ -194,9 +198,14 @@ class CausalLM(LanguageModel):
         kw = self.decoding_kwargs(gen)
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if self.stop_strings:
+            # A sequence ends once its text ends with a stop string (transformers' StopStringCriteria
+            # reads the tokens' text, so "###" stops whichever tokens spell it); MusiLingo's qa.py
+            # stops at "###" by its two LLaMA token spellings, checking only the batch's first row.
+            kw.update(stop_strings=self.stop_strings, tokenizer=tok)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=mask.long(), pad_token_id=pad,
                                   eos_token_id=tok.eos_token_id, **kw)
         texts = tok.batch_decode(out, skip_special_tokens=True)
-        if self.end_symbol:
-            texts = [t.split(self.end_symbol, 1)[0] for t in texts]
+        for cut in ([self.end_symbol] if self.end_symbol else []) + self.stop_strings:
+            texts = [t.split(cut, 1)[0] for t in texts]  # qa.py: output.split('###')[0]
         return [t.strip() for t in texts]

@@ -17,25 +17,37 @@ from bridgebench.llms.base import LanguageModel, pad_right
 from bridgebench.runtime.references import pretrained_problem
 
 
+TRUNCATION_SIDES = ("left", "right")
+
+
 def check_options(opts, key: str) -> list[str]:
     """Checks of ``seq2seq`` options beyond their declared ranges."""
-    return [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained)] if p]
+    out = [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained)] if p]
+    if opts.prompt_truncation not in TRUNCATION_SIDES:
+        out.append(f"{key}.prompt_truncation: unknown value '{opts.prompt_truncation}'; choose one of: "
+                   f"{', '.join(TRUNCATION_SIDES)}")
+    return out
 
 
 @dataclass
 class Seq2SeqText:
-    """Tokenises prompts and targets for the T5 path (runs in data-loader workers)."""
+    """Tokenises prompts and targets for the T5 path (runs in data-loader workers). A long prompt
+    loses its start (``prompt_truncation: left``, as LAVIS's InstructBLIP T5 input tokenizer) or its
+    end; a long target always loses its end."""
 
     tokenizer: object
     max_prompt_tokens: int
     max_target_tokens: int
+    prompt_truncation: str = "left"
 
     def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
+        tok.truncation_side = self.prompt_truncation
         prompt = tok(instructions, truncation=True, max_length=self.max_prompt_tokens).input_ids
         out = {}
         out["prompt_ids"], out["prompt_mask"] = pad_right(prompt, tok.pad_token_id)
         if targets is not None:
+            tok.truncation_side = "right"
             target = tok(targets, truncation=True, max_length=self.max_target_tokens).input_ids
             out["target_ids"], out["target_mask"] = pad_right(target, tok.pad_token_id)
         return out
@@ -46,7 +58,7 @@ class Seq2SeqLM(LanguageModel):
 
     def __init__(self, pretrained: str, mode: str = "frozen", dtype: Optional[torch.dtype] = None,
                  dense_act_fn: Optional[str] = None, max_prompt_tokens: int = 128, max_target_tokens: int = 64,
-                 lora: Optional[LoraOptions] = None):
+                 prompt_truncation: str = "left", lora: Optional[LoraOptions] = None):
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
         config = AutoConfig.from_pretrained(pretrained)
@@ -56,7 +68,7 @@ class Seq2SeqLM(LanguageModel):
         model = AutoModelForSeq2SeqLM.from_pretrained(pretrained, config=config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(pretrained)
         super().__init__(model, tokenizer, pretrained, mode, lora, task_type="SEQ_2_SEQ_LM")
-        self.text_processor = Seq2SeqText(tokenizer, max_prompt_tokens, max_target_tokens)
+        self.text_processor = Seq2SeqText(tokenizer, max_prompt_tokens, max_target_tokens, prompt_truncation)
 
     def encoder_inputs(self, soft, soft_mask, text):
         prompt = self.embed(text["prompt_ids"])

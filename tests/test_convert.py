@@ -181,6 +181,12 @@ def test_lp_musiccaps_jsonl_json_and_csv(tmp_path):
     assert _audio(clip) == str(tmp_path / "lp" / "-0Gj8-vB1q4.wav")
     with pytest.raises(ValueError, match="unknown caption column 'caption_x'"):
         convert("lp-musiccaps", src, str(tmp_path / "x.jsonl"), columns="caption_x")
+    # LP-MusicCaps-MC as their eval.py reads it: clips whose audio was not crawled are left out
+    mc = [{"ytid": f"y{k}", "aspect_list": ["rock"], "caption_ground_truth": f"Truth {k}.", "is_audioset_eval": True,
+           "is_crawled": crawled} for k, crawled in enumerate([True, False, "True"])]
+    src = _write(tmp_path / "lp" / "mc.json", json.dumps(mc))
+    counts, clips, _ = _run(tmp_path, "lp-musiccaps", src, columns="caption_ground_truth")
+    assert sorted(clips) == ["y0", "y2"] and counts["reasons"] == {"not crawled (is_crawled false)": 1}
 
 
 def test_musicinstruct_groups_pairs_per_clip(tmp_path):
@@ -554,3 +560,37 @@ def test_malformed_csv_and_arguments(tmp_path):
     good = _write(tmp_path / "test.csv", "audiocap_id,youtube_id,start_time,caption\n1,abc,0,A dog barks.\n")
     with pytest.raises(ValueError, match=r"audio_pattern '\{ytid\}\.wav' names field 'ytid'"):
         convert("audiocaps", good, str(tmp_path / "m.jsonl"), audio_pattern="{ytid}.wav")
+
+
+def test_classification_sets_carry_mints_table1_instruction_and_answer(tmp_path):
+    # mint.txt:69-84: prompt per dataset, output {label}; verbatim, trailing ":" only for OpenMIC
+    _, clips, _ = _run(tmp_path, "gtzan", _gtzan(tmp_path))
+    assert clips["blues.00003"].qa == [{"instruction": "The genre of this music is", "answer": "blues"}]
+    src = _write(tmp_path / "fma_metadata" / "tracks.csv", FMA_TRACKS)
+    _, clips, _ = _run(tmp_path, "fma", src)
+    assert clips["000002"].qa == [{"instruction": "The genre of this music is", "answer": "Hip-Hop"}]
+    root = tmp_path / "openmic-2018"
+    _write(root / "openmic-2018-aggregated-labels.csv", "sample_key,instrument,relevance,num_responses\n"
+           "000046_3840,voice,0.8,3\n000046_3840,guitar,0.5,2\n000139_119040,trumpet,0.17,3\n")
+    _write(root / "partitions" / "split01_train.csv", "000046_3840\n")
+    _write(root / "partitions" / "split01_test.csv", "000139_119040\n")
+    _, clips, _ = _run(tmp_path, "openmic", root)
+    prompt = "Identify the instruments in this segment of music:"
+    assert clips["000046_3840"].qa == [{"instruction": prompt, "answer": "guitar, voice"}]
+    assert clips["000139_119040"].qa == [{"instruction": prompt, "answer": "none"}]
+    nsynth = {"k": {"note_str": "k", "instrument_family_str": "synth_lead", "instrument_source_str": "synthetic",
+                    "pitch": 60, "velocity": 100}}
+    _, clips, _ = _run(tmp_path, "nsynth", _write(tmp_path / "nsynth-test" / "examples.json", json.dumps(nsynth)))
+    assert clips["k"].qa == [{"instruction": "The most prominent instrument in this music is", "answer": "synth_lead"}]
+    _, clips, _ = _run(tmp_path, "gtzan", _gtzan(tmp_path / "again"), mint_qa=False)
+    assert clips["blues.00003"].qa == []
+
+
+def test_caption_sets_get_mints_caption_instruction_on_request(tmp_path):
+    src = _write(tmp_path / "clotho_captions_evaluation.csv",
+                 "file_name,caption_1,caption_2,caption_3,caption_4,caption_5\na.wav,one,two,three,four,five\n")
+    assert _run(tmp_path, "clotho", src)[1]["a"].qa == []
+    clip = _run(tmp_path, "clotho", src, mint_qa=True)[1]["a"]
+    assert clip.qa[0] == {"instruction": "Generate audio caption:", "answer": "one"} and len(clip.qa) == 5
+    with pytest.raises(ValueError, match="Table 1 has no template"):
+        _run(tmp_path, "musiccaps", tmp_path / "clotho_captions_evaluation.csv", mint_qa=True)

@@ -164,3 +164,60 @@ def test_train_target_first_always_trains_on_the_first_caption():
     assert not all(targets["random"])  # the default draws among the captions
     with pytest.raises(ValueError, match="train_target"):
         AudioTextDataModule(manifest="builtin:tones", train_target="last")
+
+
+BLAP_PHRASES = ["Upbeat", "upbeat", "Upbeat,", "upbeat,", "The low quality recording", "This is a low-quality"]
+
+
+class _Draws:
+    """A generator whose ``random()`` returns scripted draws."""
+
+    def __init__(self, draws):
+        self.draws = list(draws)
+
+    def random(self):
+        return self.draws.pop(0)
+
+
+def test_blap_phrase_dropping_matches_its_code_exactly():
+    from bridgebench.datamodules.augment import drop_phrases
+
+    # Every draw succeeds: substring matches, no whitespace collapse, a comma left by "Upbeat" (tried
+    # before "Upbeat,"), one strip at the end (BLAP2_Pretrain.py:686-699 probed with draws < 0.6).
+    always = _Draws([0.0] * 20)
+    assert (drop_phrases("The low quality recording features an upbeat song. Upbeat, fun.", BLAP_PHRASES, 0.6,
+                         always) == "features an  song. , fun.")
+    assert drop_phrases("This is a low-quality recording of an upbeat tune", BLAP_PHRASES, 0.6,
+                        always) == "recording of an  tune"
+    assert drop_phrases("upbeats", BLAP_PHRASES, 0.6, _Draws([0.0])) == "s"  # no word boundaries
+    # The first failed draw stops a phrase: the second "upbeat" stays, and "upbeat," (a later
+    # phrase) gives it another chance with the next draw.
+    assert drop_phrases("upbeat and upbeat, fun", BLAP_PHRASES, 0.6, _Draws([0.1, 0.7, 0.9])) == "and upbeat, fun"
+    assert drop_phrases("upbeat and upbeat, fun", BLAP_PHRASES, 0.6, _Draws([0.1, 0.7, 0.2])) == "and  fun"
+    assert drop_phrases("Calm piano", BLAP_PHRASES, 0.6, _Draws([])) == "Calm piano"  # no match, no draw
+
+
+def test_drop_phrases_changes_training_and_validation_targets_only(tmp_path):
+    rows = []
+    for split in ("train", "val", "test"):
+        for k in range(3):
+            name = f"{split}{k}.wav"
+            _tone(tmp_path / name, sr=16_000, seconds=0.2, channels=1)
+            rows.append({"id": name, "audio": name, "split": split,
+                         "captions": ["The low quality recording features an upbeat piano."]})
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    dm = AudioTextDataModule(manifest=str(tmp_path / "m.jsonl"), batch_size=2, num_workers=0, clip_seconds=1.0,
+                             drop_phrases=BLAP_PHRASES, drop_phrase_p=1.0)
+    dm.connect(_contract())
+    for role in ("train", "val"):
+        item = dm.dataset(role)[0]
+        assert item["target"] == "features an  piano."  # p = 1: every occurrence goes
+        assert item["references"] == ["The low quality recording features an upbeat piano."]
+    assert dm.dataset("test")[0]["target"] == "The low quality recording features an upbeat piano."
+    half = AudioTextDataModule(manifest=str(tmp_path / "m.jsonl"), num_workers=0, drop_phrases=BLAP_PHRASES)
+    half.connect(_contract())
+    train = half.dataset("train")
+    seen = {train[(i, e)]["target"] for i in range(3) for e in range(8)}
+    assert len(seen) > 1 and seen == {train[(i, e)]["target"] for i in range(3) for e in range(8)}  # replayable
+    with pytest.raises(ConfigError, match="drop_phrases"):
+        AudioTextDataModule(manifest="builtin:tones", drop_phrases=["", "x"])

@@ -152,6 +152,13 @@ def test_musilingo_character_level_bleu_by_hand():
     out = caption_metrics(["abcde"], [["abcdx"]], mode="musilingo")
     assert out["musilingo/bleu"] == pytest.approx((4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25, abs=1e-12)
     assert out["musilingo/bleu_4"] == pytest.approx(1 / 2, abs=1e-12)  # weights (0, 0, 0, 1): p4 alone
+    # B-U, the paper's "average of BU_1..BU_4": the mean of cumulative BLEU-1..4 on the same characters.
+    bleu_n = [(4 / 5) ** 1, (4 / 5 * 3 / 4) ** 0.5, (4 / 5 * 3 / 4 * 2 / 3) ** (1 / 3), out["musilingo/bleu"]]
+    assert out["musilingo/b_u"] == pytest.approx(sum(bleu_n) / 4, abs=1e-12)
+    # "abdc" vs "abcd": p1 = 1, p2 = 1/3, p3 = 0, so BLEU-3 and BLEU-4 are ~0 and B-U = (1 + 3 ** -0.5) / 4.
+    swapped = caption_metrics(["abdc"], [["abcd"]], mode="musilingo")
+    assert swapped["musilingo/bleu"] < 1e-100  # NLTK returns a tiny number, not 0, for a zero precision
+    assert swapped["musilingo/b_u"] == pytest.approx((1 + 3 ** -0.5) / 4)
     # At word level the same pair shares no token at all.
     from nltk.translate.bleu_score import sentence_bleu
 

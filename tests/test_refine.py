@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from bridgebench.captiondata import audiosetcaps as released
 from bridgebench.captiondata.cli import main as captions_main
 from bridgebench.captiondata.jsonl import read_rows
 from bridgebench.datamodules.fixtures import BUILTINS
@@ -225,7 +226,7 @@ def test_refine_end_to_end_with_tiny_runs_and_a_tiny_lm(tiny_runs, tmp_path, cap
 
     stage1, stage2 = tiny_runs
     out = tmp_path / "refined.jsonl"
-    args = ["refine", "builtin:music-synth-small", str(out), "--alm", str(stage2), "--model", "tiny",
+    args = ["refine", "builtin:music-synth-small", str(out), "--mode", "gated", "--alm", str(stage2), "--model", "tiny",
             "--scorer", str(stage1), "--rounds", "2", "--limit", "4", "--max-new-tokens", "8",
             "--assume", "speech_present=no", "music_present=yes", "--batch-size", "3", "--device", "cpu"]
     assert captions_main(args) == 0
@@ -310,3 +311,148 @@ def test_rows_without_labels_are_counted_not_refined(tmp_path):
     counts = refine(str(manifest), str(tmp_path / "out.jsonl"), FakeALM(), SameLLM(),
                     TableScorer({"A calm piano piece.": 0.9}), RefineSettings(), log=lambda s: None)
     assert counts["no_labels"] == 1 and counts["kept"] == 1 and counts["discarded"] == 0
+
+
+# === Released pipeline (--mode released, the default) ===
+
+
+class ChatALM:
+    """Answers each chat turn from a script per (clip, attempt); records the instructions."""
+
+    def __init__(self, replies: dict[tuple[str, int], tuple[str, str, str]]):
+        self.replies = replies
+        self.asked: list[tuple[str, int, str]] = []
+
+    def ask(self, audio, prompts, attempt=1):
+        out = []
+        for a, p in zip(audio, prompts, strict=True):
+            self.asked.append((a, attempt, p))
+            turn = next(k for k, q in enumerate(released.TURNS) if p.endswith(q))
+            out.append(self.replies[(a, attempt)][turn])
+        return out
+
+
+class MergeLLM:
+    """Returns the next caption scripted for the clip whose description is in the prompt."""
+
+    settings = {"model": "merge"}
+
+    def __init__(self, scripts):
+        self.scripts = {k: list(v) for k, v in scripts.items()}
+        self.calls = []
+
+    def __call__(self, instructions, seed=None, do_sample=None, system=None):
+        self.calls.append({"n": len(instructions), "seed": seed, "do_sample": do_sample, "system": system})
+        return [self.scripts[next(k for k in self.scripts if f"<{k}>" in text)].pop(0) for text in instructions]
+
+
+def test_released_chat_carries_its_history_and_retries_answers_outside_100_to_500_chars():
+    short = ("<a> birds", "none", "none")  # assembled: far below 100 characters
+    fine = ("<a> " + "a calm piano melody with soft strings " * 2, "There is no speech.", "Classical, piano.")
+    alm = ChatALM({("a", 1): short, ("a", 2): fine, ("b", 1): short, ("b", 2): short})
+    counts = {}
+    got = released.describe(alm, ["a", "b"], released.ReleasedSettings(), counts)
+    assert got[0] == {"response": "Description: " + fine[0] + "\nSpeech: " + fine[1] + "\nMusic: " + fine[2],
+                      "attempts": 2}
+    assert 100 <= len(got[0]["response"]) <= 500
+    assert got[1]["attempts"] == 2 and len(got[1]["response"]) < 100  # the last attempt is kept anyway
+    assert counts == {"alm_retried": 2, "alm_out_of_range": 1}
+    # Turn 3 of clip a's second chat sees both earlier questions and answers of that chat.
+    third = [p for a, k, p in alm.asked if a == "a" and k == 2][2]
+    assert third == (f"{released.TURNS[0]}\n{fine[0]}\n{released.TURNS[1]}\n{fine[1]}\n{released.TURNS[2]}")
+    assert released.TURNS[0] == "Describe this audio according to the sounds in it within 50 words."
+
+
+@pytest.mark.parametrize("speech,music,kept", [
+    ("There is no speech in this audio.", "Rock with guitars.", ("", "Music: Rock with guitars.")),
+    ("A man speaks English calmly.", "The music is not present.", ("Speech: A man speaks English calmly.\n", "")),
+    ("The speaker does not sound happy.", "no music", ("", "")),  # any negation drops the line
+    ("No speech.", "No music.", ("Speech: No speech.\n", "Music: No music.")),  # case-sensitive, as theirs
+])
+def test_released_keyword_filter_drops_speech_and_music_lines(speech, music, kept):
+    response = released.assemble(["It is not quiet.", speech, music])
+    assert released.kept_lines(response) == ("Description: It is not quiet.\n", *kept)
+
+
+def test_released_merge_prompt_is_their_fixed_text():
+    prompt = released.merge_prompt(("Description: d\n", "", "Music: m"), "Music, Guitar")
+    rules = ("Do not mention the specific content of speech! Do not mention the specific content of speech!",
+             "Do not output the ground truth labels in the caption! Do not output the ground truth labels in the caption!")
+    gap = " " * 24
+    assert prompt == ("Details:\n1 Crowd-sourced workers:{Description: d\nMusic: m}\n2 The ground truth labels:"
+                      "{Music, Guitar}\nMy instructions:\n" + gap + rules[0] + gap + rules[1] + gap
+                      + "\nOutput your caption (Within 50 words):")
+    assert released.SYSTEM.startswith("I'm currently doing crowd-sourced labeling") and not released.SYSTEM.endswith("\n")
+
+
+def test_released_scoring_texts_lose_punctuation_and_are_padded_by_repetition():
+    caption = "A rock song; electric guitar, drums. " * 4 + "Loud"  # 152 characters
+    cap, lab = released.scoring_texts(caption, "Music, Guitar")
+    assert lab == "Music  Guitar" * 11 and len(lab) == 143  # 152 // 13 copies, no separator
+    assert cap == caption.replace(";", " ").replace(",", " ").replace(".", " ")  # the longer one is unchanged
+    assert released.padded(["", "abc"]) == ["", "abc"]
+
+
+def test_released_refine_keeps_the_codes_caption_and_never_discards_for_the_score(tmp_path):
+    _, rows = read_rows("builtin:music-synth-small")
+    root = os.path.dirname(str(BUILTINS["builtin:music-synth-small"]()))
+    audio = os.path.join(root, rows[0]["audio"])
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": c, "audio": audio, "tags": ["Music", "Guitar"], "captions": ["x"]})
+                                + "\n" for c in "ab"))
+    desc = "with a bright electric guitar riff over a steady drum groove in a rock style"
+    class TwoClipALM(ChatALM):  # both rows share one audio file: tell them apart by call order
+        def ask(self, audio_files, prompts, attempt=1):
+            return [[f"<{c}> {desc}", "There is no speech.", "Rock."][next(
+                k for k, q in enumerate(released.TURNS) if p.endswith(q))] for c, p in zip("ab", prompts)]
+
+    llm = MergeLLM({"a": ["try one of a", "try two of a"], "b": ["b beats its labels"]})
+    label = released.scoring_texts("try one of a", "Music, Guitar")[1]
+    scorer = TableScorer({"try one of a": 0.45, "try two of a": 0.30, "b beats its labels": 0.9}, label=0.5)
+    counts = released.refine_released(str(manifest), str(tmp_path / "out.jsonl"), TwoClipALM({}), llm, scorer,
+                                      released.ReleasedSettings(seed=7), log=lambda s: None)
+    assert counts["kept"] == 2 and counts["discarded"] == 0
+    assert counts["kept_below_labels"] == 1 and counts["kept_try_1"] == 1 and counts["filtered_speech"] == 2
+    out = {r["id"]: r for r in (json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines())}
+    # a: neither try beats the labels: the code keeps the LAST try, though try 1 scored higher.
+    assert out["a"]["captions"] == ["try two of a"]
+    assert out["a"]["refine"]["kept_try"] == 2 and out["a"]["refine"]["beat_labels"] is False
+    assert [t["caption_score"] for t in out["a"]["refine"]["tries"]] == [0.45, 0.30]
+    assert out["b"]["captions"] == ["b beats its labels"] and out["b"]["refine"]["kept_try"] == 1
+    # Caption and label text were normalised before scoring; the filtered speech line is not in the prompt.
+    assert label in scorer.scored and "Music  Guitar" in label
+    assert "Speech:" not in out["a"]["refine"]["prompt"] and "Music: Rock." in out["a"]["refine"]["prompt"]
+    # Every try samples with its own seed, under their system message; b was not tried again.
+    assert llm.calls == [{"n": 2, "seed": 7, "do_sample": True, "system": released.SYSTEM},
+                         {"n": 1, "seed": 8, "do_sample": True, "system": released.SYSTEM}]
+    assert out["a"]["generation"]["method"] == "audiosetcaps-released" and out["a"]["generation"]["keep"] == "last try"
+
+
+def test_released_is_the_default_mode_end_to_end_with_tiny_runs(tiny_runs, tmp_path, capsys):
+    stage1, stage2 = tiny_runs
+    out = tmp_path / "released.jsonl"
+    args = ["refine", "builtin:music-synth-small", str(out), "--alm", str(stage2), "--model", "tiny",
+            "--scorer", str(stage1), "--limit", "3", "--max-new-tokens", "8", "--batch-size", "2", "--device", "cpu"]
+    assert captions_main(args) == 0
+    counts = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert counts["kept"] + counts["discarded"] == 3
+    for rec in ([json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []):
+        info = rec["refine"]
+        assert rec["generation"]["method"] == "audiosetcaps-released"
+        assert info["alm_response"].startswith("Description: ") and 1 <= info["alm_attempts"] <= 2
+        assert rec["captions"] == [info["tries"][info["kept_try"] - 1]["caption"]] and info["kept_try"] == len(info["tries"])
+        assert info["beat_labels"] == (info["tries"][-1]["caption_score"] >= info["tries"][-1]["label_score"])
+
+
+def test_the_merge_llm_gets_the_system_message_as_a_system_turn_where_its_template_has_one():
+    from bridgebench.captiondata.generator import TagCaptioner
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    llm = TagCaptioner(str(tiny_checkpoint("llama")), max_new_tokens=4)
+    llm.tokenizer.chat_template = None  # no template: the system text leads, a blank line before the prompt
+    assert llm.prompt("hi", "SYS") == "SYS\n\nhi" and llm.prompt("hi") == "hi"
+    llm.tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>"
+    assert llm.prompt("hi", "SYS") == "<system>SYS\n<user>hi\n<assistant>"
+    llm.tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no') }}"
+                                   "{% endif %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>")
+    assert llm.prompt("hi", "SYS") == "<user>SYS\n\nhi\n<assistant>"  # a template without a system role

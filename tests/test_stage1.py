@@ -126,6 +126,33 @@ def test_only_enabled_heads_are_built():
     assert mlp.audio_proj.dropout.p == 0.5 and not mlp.audio_proj.linear1.bias
 
 
+def test_atg_head_starts_from_berts_mlm_head_with_a_zero_bias_for_dec(tmp_path):
+    # LAVIS loads BERT's head at BERT's vocabulary size, then adds [DEC]: BERT's bias survives and the
+    # new [DEC] entry is 0. Our head is built at the grown size, so a same-shape copy would drop it.
+    from transformers import BertForMaskedLM
+
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    bert = BertForMaskedLM.from_pretrained(str(tiny_checkpoint("bert")))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        bert.cls.predictions.bias.normal_()  # a pretrained-looking bias (the tiny one starts at 0)
+        bert.cls.predictions.transform.dense.weight.normal_()
+    bert.save_pretrained(tmp_path / "bert")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(tiny_checkpoint("bert"))).save_pretrained(tmp_path / "bert")
+    bridge = QFormerBridge(in_dim=24, out_dim=None, bert=str(tmp_path / "bert"), num_queries=Q, with_text=True)
+    heads = Stage1Heads(bridge, ("atg",))
+    want = bert.cls.predictions.bias.detach()
+    got = heads.lm_head.predictions.bias.detach()
+    assert got.shape[0] == want.shape[0] + 1 == bridge.tokenizer.bos_token_id + 1  # [DEC] is the last id
+    torch.testing.assert_close(got[:-1], want)
+    assert got[-1].item() == 0.0
+    torch.testing.assert_close(heads.lm_head.predictions.transform.dense.weight,
+                               bert.cls.predictions.transform.dense.weight)
+
+
 def test_all_losses_are_finite_and_train_the_bridge():
     bridge, heads = _setup()
     audio, amask, ids, tmask = _inputs(b=4)

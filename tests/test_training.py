@@ -113,6 +113,31 @@ def test_generation_from_soft_prompts_returns_text(llm):
     assert any(t.strip() for t in texts)
 
 
+def test_causal_generation_stops_at_a_stop_string_and_cuts_the_answer_there():
+    from bridgebench.llms.causal import CausalLM
+    from bridgebench.runtime.tiny import tiny_checkpoint
+    from bridgebench.specs import GenerationSpec
+
+    lm = CausalLM(str(tiny_checkpoint("llama")), end_symbol=None)
+    text = lm.text_processor(["what instrument plays?"])
+    soft = torch.randn(1, 3, lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    soft_mask = torch.ones(1, 3, dtype=torch.bool)
+    gen = GenerationSpec(num_beams=1, max_new_tokens=12, min_length=1)
+    outputs = []
+    generate = lm.model.generate
+    lm.model.generate = lambda *a, **k: outputs.append(generate(*a, **k)) or outputs[-1]
+    full = lm.generate(soft, soft_mask, text, gen)[0]
+    ids = outputs[-1][0].tolist()
+    assert len(ids) == 12  # unconstrained: the whole budget
+    # A later token whose text is a plain word: the stop string (what "###" is for MusiLingo).
+    at = next(j for j in range(1, 11) if (piece := lm.tokenizer.decode(ids[j])).isalpha() and len(piece) > 1)
+    stop = lm.tokenizer.decode(ids[at])
+    lm.stop_strings = [stop]
+    cut = lm.generate(soft, soft_mask, text, gen)[0]
+    assert outputs[-1].shape[1] <= at + 1  # generation itself stopped, not just the decoded text
+    assert cut == full.split(stop, 1)[0].strip() and stop not in cut
+
+
 def test_eval_frozen_dtype_generates_in_its_dtype_and_trains_in_frozen_dtype():
     m = tiny_module(llm="causal", bridge="linear_pool", precision=PrecisionSpec("bfloat16", "float32"))
     (hooks,) = m.configure_callbacks()  # the precision switch is a callback the module brings
@@ -316,6 +341,46 @@ def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_t
             assert rates["encoder"] == pytest.approx(1e-3)
         else:
             assert "encoder" not in rates
+
+
+def test_t5_prompt_truncation_keeps_the_end_of_a_long_instruction_by_default():
+    from transformers import AutoTokenizer
+
+    from bridgebench.llms.seq2seq import Seq2SeqText
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_checkpoint("t5")))
+    instruction = "describe the music in detail and then say which instrument plays the lead"
+    full = tok(instruction).input_ids
+    assert len(full) > 6
+    left = Seq2SeqText(tok, 6, 4)([instruction], ["a slow piano ballad with soft drums"])
+    assert left["prompt_ids"][0].tolist() == full[-6:]  # LAVIS: truncation_side left, the end survives
+    assert left["target_ids"][0].tolist()[:3] == tok("a slow piano ballad").input_ids[:3]  # targets: right
+    right = Seq2SeqText(tok, 6, 4, "right")([instruction])
+    assert right["prompt_ids"][0].tolist()[:5] == full[:5]
+
+
+def test_dense_act_fn_gelu_gives_flan_t5_exact_gelu_and_keeps_it_gated():
+    from bridgebench.llms.seq2seq import Seq2SeqLM
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    path = str(tiny_checkpoint("t5"))
+    for act, expected in ((None, "NewGELUActivation"), ("gelu", "GELUActivation")):
+        ffn = Seq2SeqLM(path, dense_act_fn=act).model.encoder.block[0].layer[-1].DenseReluDense
+        assert type(ffn.act).__name__ == expected and hasattr(ffn, "wi_0")  # LAVIS: gelu, still gated
+
+
+def test_linear_schedule_warms_up_then_falls_in_a_straight_line_to_min_lr():
+    from bridgebench.engine.schedule import lr_factor
+
+    o = OptimSpec(lr=1e-4, min_lr=0.0, warmup_lr=0.0, warmup_steps=4, schedule="linear")
+    rates = [1e-4 * lr_factor(o, step, total=24) for step in range(25)]
+    assert rates[:5] == pytest.approx([0.0, 2.5e-5, 5e-5, 7.5e-5, 1e-4])  # warm-up from warmup_lr
+    assert rates[14] == pytest.approx(5e-5) and rates[24] == pytest.approx(0.0)  # halfway, then min_lr
+    steps = [a - b for a, b in zip(rates[4:], rates[5:])]
+    assert steps == pytest.approx([5e-6] * 20)  # equal decrements: a line, not a cosine
+    cosine = OptimSpec(lr=1e-4, min_lr=0.0, warmup_lr=0.0, warmup_steps=4, schedule="cosine")
+    assert 1e-4 * lr_factor(cosine, 9, total=24) > rates[9]  # the cosine starts flatter
 
 
 def _fsdp_units(root, policy):

@@ -1,6 +1,7 @@
 """``python -m bridgebench captions from-tags|refine|eval``: caption data from language models.
 
-``from-tags``: LP-MusicCaps (``from_tags.py``); ``refine``: AudioSetCaps (``refine.py``); ``eval``:
+``from-tags``: LP-MusicCaps (``from_tags.py``); ``refine``: AudioSetCaps (its released pipeline,
+``audiosetcaps.py``, or ``--mode gated``, ``refine.py``); ``eval``:
 LP-MusicCaps' table-2 scores of generated manifests against their source captions.
 """
 
@@ -39,15 +40,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     gen.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--prompts", choices=lpmc.PROMPT_SETS, default="code",
+                     help="instruction wording: code (their generate.py, which made the released captions: "
+                     "lower case, singular variants, 'instruction \\n tags') or paper (§2.2)")
+    gen.add_argument("--seed", type=int, default=0,
+                     help="sampling seed of the LM; for the baselines, the seed of each row's tag shuffle")
+    gen.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                     help="baselines: keep the stored tag order (their eval.py shuffles each clip's tags)")
     gen.add_argument("--repetition-penalty", type=float, default=1.0,
                      help="> 1 discourages repeats (small LMs loop under greedy decoding)")
     gen.add_argument("--limit", type=int, help="stop after this many rows in total (written earlier included)")
     gen.add_argument("--splits", nargs="*", help="only rows of these splits")
     ev = sub.add_parser("eval", help="score a generated manifest against its source captions (LP-MusicCaps table 2)")
     ev.add_argument("generated", nargs="+", help="manifests written by from-tags")
-    ev.add_argument("--modes", nargs="*", default=["lp-musiccaps"],
-                    help="metric modes (standard, musilingo, lp-musiccaps)")
+    # One comma-separated value: a list option would swallow the file names that follow it.
+    ev.add_argument("--modes", type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+                    default=["lp-musiccaps"], help="metric modes, comma-separated (standard, musilingo, lp-musiccaps)")
+    ev.add_argument("--train-manifest", help="manifest of the training split (its rows with split 'train', or all): "
+                    "vocabulary and novelty are counted against its captions, as LP-MusicCaps' table 2 does")
     ref = sub.add_parser("refine", help="AudioSetCaps: captions from an audio-language model's answers, "
                                         "merged by an LLM and refined against the labels with a contrastive scorer")
     refine.add_arguments(ref)
@@ -56,7 +66,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         from bridgebench.runtime.env import quiet_libraries
 
         quiet_libraries()
-        print(json.dumps(refine.run_from_args(opts)))
+        if opts.mode == "released":
+            from bridgebench.captiondata import audiosetcaps
+
+            print(json.dumps(audiosetcaps.run_from_args(opts)))
+        else:
+            print(json.dumps(refine.run_from_args(opts)))
         return 0
     if opts.command == "from-tags":
         _positive("batch-size", opts.batch_size)
@@ -71,17 +86,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             captioner = TagCaptioner(opts.model, opts.gguf_file, opts.max_new_tokens, opts.do_sample,
                                      opts.temperature, opts.top_p, opts.seed, opts.repetition_penalty)
         counts = lpmc.from_tags(opts.manifest, opts.out, opts.method, captioner, opts.batch_size, opts.limit,
-                                opts.splits)
+                                opts.splits, prompts=opts.prompts, seed=opts.seed, shuffle=opts.shuffle)
         print(json.dumps(counts))
         return 0
     from bridgebench.evaluation.text import MODES
 
     unknown = [m for m in opts.modes if m not in MODES]
-    if unknown:
+    if unknown or not opts.modes:
         raise ConfigError(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
     table = []
     for path in opts.generated:
-        scores = lpmc.evaluate(path, tuple(opts.modes))
+        scores = lpmc.evaluate(path, tuple(opts.modes), opts.train_manifest)
         table.append((Path(path).name, scores))
         print(json.dumps({"file": path, **scores}))
     keys = [k for k in table[0][1] if isinstance(table[0][1][k], (int, float))]

@@ -43,19 +43,30 @@ class TagCaptioner:
                          "repetition_penalty": repetition_penalty}
         self.torch = torch
 
-    def prompt(self, instruction: str) -> str:
+    def prompt(self, instruction: str, system: Optional[str] = None) -> str:
+        """The model's input text: through the chat template when the tokenizer has one (with
+        ``system`` as a system turn), else the plain text, after ``system`` and a blank line."""
         tok = self.tokenizer
         if not self.seq2seq and getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                           add_generation_prompt=True)
-        return instruction
+            turns = [{"role": "user", "content": instruction}]
+            if system is not None:
+                turns.insert(0, {"role": "system", "content": system})
+            try:
+                return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 - jinja's TemplateError: a template without a system role
+                if system is None:
+                    raise
+                return tok.apply_chat_template([{"role": "user", "content": f"{system}\n\n{instruction}"}],
+                                               tokenize=False, add_generation_prompt=True)
+        return instruction if system is None else f"{system}\n\n{instruction}"
 
-    def __call__(self, instructions: list[str], seed: Optional[int] = None, do_sample: Optional[bool] = None) -> list[str]:
+    def __call__(self, instructions: list[str], seed: Optional[int] = None, do_sample: Optional[bool] = None,
+                 system: Optional[str] = None) -> list[str]:
         """Answers; ``seed``/``do_sample`` override the settings for this call (a retry that must
-        differ from the first answer samples with another seed)."""
+        differ from the first answer samples with another seed); ``system``: a system message."""
         torch, s = self.torch, self.settings
         sample = s["do_sample"] if do_sample is None else do_sample
-        batch = self.tokenizer([self.prompt(i) for i in instructions], return_tensors="pt", padding=True,
+        batch = self.tokenizer([self.prompt(i, system) for i in instructions], return_tensors="pt", padding=True,
                                add_special_tokens=self.seq2seq)
         torch.manual_seed(s["seed"] if seed is None else seed)
         kw = dict(max_new_tokens=s["max_new_tokens"], do_sample=sample,

@@ -1,6 +1,10 @@
-"""``python -m bridgebench captions refine``: captions from audio, merged and refined (AudioSetCaps).
+"""``python -m bridgebench captions refine --mode gated``: our reading of AudioSetCaps' paper.
 
-The AudioSetCaps pipeline (../shared/papers/audiosetcaps.txt §3), with any models we can load:
+The default mode of ``refine`` is the released pipeline (``audiosetcaps.py``); this module keeps
+the variant written from the paper's prose (../shared/papers/audiosetcaps.txt §3) before the code
+was read, as an option, and holds the models both modes share (the run ALM, the scorers). It
+differs from the code in the prompts, the yes/no gates, the rule checks, the number of tries and
+in discarding a row whose caption stays below its labels (the code keeps one):
 
 1. **Audio content extraction.** An audio-language model (ALM) answers a chain of short prompts,
    one at a time, because small ALMs ignore parts of long ones: the overall content in at most 50
@@ -355,6 +359,15 @@ def parse_assume(items: Optional[list[str]], chain=CHAIN) -> dict:
 
 def add_arguments(parser) -> None:
     parser.add_argument("manifest", help="input manifest (JSONL rows with audio and labels/tags), or builtin:NAME")
+    parser.add_argument("--mode", choices=("released", "gated"), default="released",
+                        help="released (default): their released pipeline (audiosetcaps.py): one chat with "
+                        "history, length retry, keyword filter, fixed merge prompt, 2 merge tries, and when no try "
+                        "beats the labels the LAST try is kept, as their code does (it meant the best); "
+                        "gated: our reading of the paper (this module): yes/no gates, rule checks, discard "
+                        "after --rounds")
+    parser.add_argument("--alm-tries", type=int, default=2, help="released: chats per clip at most while the "
+                        "assembled answer is outside 100-500 characters")
+    parser.add_argument("--merge-tries", type=int, default=2, help="released: merge tries per row at most")
     parser.add_argument("out", help="output manifest (JSONL); appended to and resumed")
     parser.add_argument("--alm", required=True, help="audio-language model: a trained stage-2 run folder or .ckpt")
     parser.add_argument("--model", required=True, help="LLM that writes the caption: hub id, folder, pkg:<package>, or tiny "
@@ -362,15 +375,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gguf-file", help="GGUF file inside --model")
     parser.add_argument("--scorer", required=True,
                         help="contrastive audio-text model: a stage-1 run folder/.ckpt, or a CLAP checkpoint")
-    parser.add_argument("--rounds", type=int, default=3, help="generations per row at most (the first included)")
-    parser.add_argument("--max-words", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="gated: generations per row at most (the first included)")
+    parser.add_argument("--max-words", type=int, default=50, help="gated: the caption's word limit")
     parser.add_argument("--assume", nargs="*", metavar="GATE=yes|no",
-                        help="answer a presence question instead of asking the ALM, e.g. speech_present=no")
+                        help="gated: answer a presence question instead of asking the ALM, e.g. speech_present=no")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the retries")
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus of the retries")
+    parser.add_argument("--temperature", type=float, default=0.7,
+                        help="sampling temperature of the merge LLM (gated: of its retries)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus of the merge LLM (gated: of its retries)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="stop after this many rows in total (earlier ones included)")
     parser.add_argument("--splits", nargs="*", help="only rows of these splits")

@@ -18,8 +18,8 @@ epoch stopped. Freezing and the frozen parts' precision are in ``frozen.py``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
-import math
 import os
 import warnings
 from typing import Optional
@@ -34,6 +34,7 @@ from bridgebench.encoders.tagging import TagHead, tag_vocabulary
 from bridgebench.engine import checkpoints, frozen, validate
 from bridgebench.engine.evaluator import TestEvaluator
 from bridgebench.engine.registry import build_bridge, build_encoder, build_llm, llm_width
+from bridgebench.engine.schedule import lr_factor
 from bridgebench.engine.speed import compile_parts
 from bridgebench.errors import ConfigError, DataError
 from bridgebench.specs import (
@@ -408,16 +409,7 @@ class BridgeModule(L.LightningModule):
         fused = all(p.is_cuda for g in param_groups for p in g["params"])
         opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), fused=fused or None)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-
-        def factor(step: int) -> float:
-            if step < o.warmup_steps:
-                return (o.warmup_lr + (o.lr - o.warmup_lr) * step / o.warmup_steps) / o.lr
-            if o.schedule == "constant" or not math.isfinite(total):
-                return 1.0
-            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-            return (o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))) / o.lr
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, o, total=total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # === Checkpoints ===

@@ -15,6 +15,10 @@ Captioning / QA (:func:`caption_metrics`), one ``mode`` per published convention
   on ``wordpunct_tokenize`` tokens (needs WordNet); ``musilingo/rouge_l_recall`` rouge-score ROUGE-L
   RECALL with ``use_stemmer=True``; ``musilingo/bertscore_recall`` bert-score recall (roberta-large).
   qa.py has one reference per question: only the first reference of each sample is used.
+  ``musilingo/b_u`` is the paper's B-U ("the average of BU_1, BU_2, BU_3, and BU_4", musilingo.txt:79):
+  the mean of cumulative BLEU-1..4 (NLTK, uniform weights over the first n orders), each per sample
+  on the same raw strings and averaged, as qa.py scores BLEU. The paper's wording, not its code:
+  qa.py's only BLEU is ``musilingo/bleu``.
 * ``lp-musiccaps``: LP-MusicCaps' ``lpmc/music_captioning/eval.py`` + ``lpmc/utils/metrics.py``
   (seungheondoh/lp-music-caps), which call Hugging Face ``evaluate``: ``lpmc/bleu1..4`` = corpus BLEU of
   ``evaluate``'s "bleu" (13a tokenisation, tensorflow-nmt ``compute_bleu``: SHORTEST reference length,
@@ -283,10 +287,13 @@ def _musilingo(predictions, refs, cache_dir) -> dict[str, MetricValue]:
         warnings.simplefilter("ignore")
         bleu = [sentence_bleu([ref], cand) for ref, cand in zip(first, predictions)]
         bleu4 = [sentence_bleu([ref], cand, weights=(0.0, 0.0, 0.0, 1.0)) for ref, cand in zip(first, predictions)]
+        bleu_n = [_mean([sentence_bleu([ref], cand, weights=(1.0 / n,) * n) for ref, cand in zip(first, predictions)])
+                  for n in range(1, 5)]
     out: dict[str, MetricValue] = {
         "musilingo/n_samples": len(predictions),
         "musilingo/bleu": _mean(bleu),
         "musilingo/bleu_4": _mean(bleu4),
+        "musilingo/b_u": _mean(bleu_n),
     }
     ok, reason = external_tools.wordnet_ready(cache_dir)
     if ok:
