@@ -12,8 +12,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def preset(name: str) -> dict:
+    # ${...} interpolations resolved as the CLI resolves them (omegaconf), so a tied value such as
+    # eval_batch_size: ${data.batch_size} reaches a component as the number, not the text.
+    from omegaconf import OmegaConf
+
     with open(os.path.join(ROOT, "experiments", f"{name}.yaml")) as f:
-        return yaml.safe_load(f)
+        return OmegaConf.to_container(OmegaConf.create(yaml.safe_load(f)), resolve=True)
 
 
 def header(name: str) -> str:
