@@ -47,6 +47,16 @@ def _cache(tmp_path_factory):
         os.environ["BRIDGEBENCH_CACHE"] = old
 
 
+@pytest.fixture(autouse=True)
+def _java_tools(request, monkeypatch):
+    """Java metrics (METEOR, SPICE, the PTB tokenizer) only where a test asks for them (marker ``java``)
+    or is ``slow``: each scoring starts a JVM that loads METEOR's paraphrase table (~10 s on 2 cores),
+    which every tiny fit+test would pay. Tests without Java score with the pure-Python tokenizer and
+    report METEOR as unavailable; ``tests/test_metrics.py`` checks the Java path itself."""
+    if request.node.get_closest_marker("java") is None and request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("BRIDGEBENCH_JAVA", "off")
+
+
 def tiny_specs(encoder: str = "mert", bridge: str = "qformer", llm: str = "causal", **llm_kw):
     """Specs of a tiny model: only the three names differ between combinations."""
     return dict(

@@ -28,6 +28,7 @@ from bridgebench.tools.results import main
 CANDS = ["a dog runs fast", "a cat", "bird bird"]
 REFS = [["a dog runs fast"], ["a cat sleeps"], ["a bird sings"]]
 JAVA, _ = metrics_setup.find_java()
+pytestmark = pytest.mark.java  # the Java path is what some of these check (see conftest._java_tools)
 
 # ---- BLEU (pycocoevalcap / aac-metrics: corpus level, closest reference length) ----------------
 # C1: len 4, ref 4; guesses (1..4-grams) 4,3,2,1; all correct 4,3,2,1.

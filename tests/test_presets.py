@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import yaml
 
 from bridgebench.engine.lightning_cli import run
 from bridgebench.engine import validate
+from bridgebench.evaluation.external_tools import find_java
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESETS = sorted(
@@ -93,6 +95,7 @@ def test_preset_fast_dev_runs_with_tiny_override(name, tmp_path):
         assert len(rows) == 4  # one fast-dev-run batch of the tiny override
 
 
+@pytest.mark.java  # the one end-to-end run that scores with METEOR and the PTB tokenizer (when Java is here)
 def test_make_exp_tiny_fits_then_tests_from_the_last_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = subprocess.run(
@@ -113,3 +116,8 @@ def test_make_exp_tiny_fits_then_tests_from_the_last_checkpoint(tmp_path):
     assert fit_config["ckpt_path"] is None and test_config["ckpt_path"].endswith("last.ckpt")
     assert "Restoring states from the checkpoint path" in out.stdout + out.stderr
     assert "encoder  mert" in out.stdout + out.stderr  # the frozen/trained report
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if find_java()[0] is not None:
+        assert isinstance(metrics["test/meteor"], float) and metrics["test/tokenizer"] == "ptb", metrics
+    else:
+        assert metrics["test/meteor"].startswith("unavailable: ")

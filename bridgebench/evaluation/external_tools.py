@@ -11,7 +11,9 @@ What it assumes (measured in ``shared/design/install.md`` section 5):
   the two CoreNLP 3.6.0 jars into ``aac-metrics/spice/lib`` by hand.
 * aac-metrics accepts Java 8-13 only; Debian offers 17. The check is a module constant, lifted here to 99
   (``aac_metrics.utils.checks.MAX_JAVA_MAJOR_VERSION``). Java is ``$BRIDGEBENCH_JAVA``, else ``java`` on
-  ``PATH``.
+  ``PATH``; ``BRIDGEBENCH_JAVA=off`` turns the Java tools off (METEOR and SPICE ``unavailable``, Python
+  tokenisation): each Java metric call starts a JVM that loads METEOR's paraphrase table, about 10 s
+  on 2 cores, which a smoke run or the default test suite does not need to pay.
 * NLTK's METEOR needs the WordNet corpus, and ``nltk.download`` needs the internet. It is found (1) in
   NLTK's own data path, else (2) in a WordNet 3.0 dict folder, ``$BRIDGEBENCH_WORDNET_DIR`` or Debian's
   ``/usr/share/wordnet`` (``apt-get install wordnet-base wordnet-sense-index``), which is copied into
@@ -96,6 +98,8 @@ def java_major_version(java: str) -> int | None:
 def find_java() -> tuple[str | None, str]:
     """``(path, "")`` of a runnable Java, or ``(None, reason)``. Reads ``$BRIDGEBENCH_JAVA``/``PATH`` now."""
     java = os.environ.get(JAVA_ENV) or shutil.which("java")
+    if java == "off":
+        return None, f"Java tools turned off ({JAVA_ENV}=off)"
     if not java:
         return None, "java not found"
     if _java_version_cached(java) is None:
