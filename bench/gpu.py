@@ -130,6 +130,7 @@ def build_module(preset: str, folders: dict, device: torch.device, compile_: boo
 
     from bridgebench.specs import BridgeSpec, EncoderSpec, GenerationSpec, LLMSpec, PrecisionSpec, spec_from_dict
     from bridgebench.engine.module import BridgeModule
+    from bridgebench.engine.speed import SpeedSpec
 
     model = yaml.safe_load(open(ROOT / "experiments" / f"{preset}.yaml"))["model"]
     enc, bridge, llm = (spec_from_dict(EncoderSpec, model["encoder"]), spec_from_dict(BridgeSpec, model["bridge"]),
@@ -149,7 +150,7 @@ def build_module(preset: str, folders: dict, device: torch.device, compile_: boo
     with random_weights(device), torch.device(device):
         module = BridgeModule(encoder=enc, bridge=bridge, llm=llm, objectives={"lm": 1.0},
                               generation=GenerationSpec(num_beams=1), precision=PrecisionSpec(dtype),
-                              compile=compile_)
+                              speed=SpeedSpec(compile="stacks" if compile_ else "off"))
     return module.to(device)
 
 
@@ -340,7 +341,7 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", nargs="*", default=list(SHAPES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; tiny 1)")
-    parser.add_argument("--compile", action="store_true", help="bridgebench's compile switch (model.compile)")
+    parser.add_argument("--compile", action="store_true", help="bridgebench's compile switch (model.speed.compile: stacks)")
     parser.add_argument("--ablate", action="store_true",
                         help="also time blap_stage2 with each speed switch flipped (fp32 frozen storage, compile, "
                              "Q-Former gradient checkpointing)")
