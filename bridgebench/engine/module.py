@@ -35,7 +35,7 @@ from bridgebench.engine import checkpoints, frozen, validate
 from bridgebench.engine.evaluator import TestEvaluator
 from bridgebench.engine.registry import build_bridge, build_encoder, build_llm, llm_width
 from bridgebench.engine.schedule import lr_factor
-from bridgebench.engine.speed import SpeedSpec, adamw_fused, compile_parts, fp8_linears
+from bridgebench.engine.speed import SpeedSpec, adamw_fused, compile_parts, fp8_linears, step_begin
 from bridgebench.errors import ConfigError, DataError
 from bridgebench.specs import (
     STAGE1_OBJECTIVES,
@@ -255,10 +255,12 @@ class BridgeModule(L.LightningModule):
         return self.encoder(batch["audio"], batch["audio_mask"])
 
     def soft_prompt(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        step_begin(self.speed)
         feats, mask = self.encode(batch)
         return self.bridge(feats.float(), mask, batch["text"])
 
     def losses(self, batch: dict, encoded: Optional[tuple] = None) -> dict[str, torch.Tensor]:
+        step_begin(self.speed)
         feats, mask = encoded if encoded is not None else self.encode(batch)
         feats = feats.float()
         text = batch["text"]

@@ -39,8 +39,8 @@ class SpeedSpec:
     of a stack sharing one compiled code (one compile per block kind, whatever the depth). Parameter
     names and checkpoints are the same with every value."""
     compile_mode: str = "default"
-    """torch.compile's mode: ``default``, ``max-autotune-no-cudagraphs`` (autotuned GEMM kernels) or
-    ``reduce-overhead`` (CUDA graphs: give the LLM's ``length_buckets`` so text shapes repeat)."""
+    """torch.compile's mode (inductor only): ``default``, ``max-autotune-no-cudagraphs`` (autotuned GEMM
+    kernels) or ``reduce-overhead`` (CUDA graphs: give the LLM's ``length_buckets`` so shapes repeat)."""
     compile_dynamic: Optional[bool] = None
     """torch.compile's ``dynamic``: None (static shapes first, dynamic after a shape changes), true
     (dynamic from the start) or false (one compile per shape; with ``length_buckets``)."""
@@ -91,7 +91,7 @@ def repeated_blocks(stack: nn.Module) -> list[nn.Module]:
 
 def compile_kwargs(speed) -> dict:
     kw = {"dynamic": speed.compile_dynamic, "backend": speed.compile_backend}
-    if speed.compile_mode != "default":
+    if speed.compile_mode != "default" and speed.compile_backend == "inductor":  # other backends have no modes
         kw["mode"] = speed.compile_mode
     return kw
 
@@ -122,6 +122,13 @@ def compile_parts(module, speed) -> list[str]:
     rank_zero_info(f"torch.compile ({speed.compile}, mode {speed.compile_mode}, backend {speed.compile_backend}): "
                    + ", ".join(done))
     return done
+
+
+def step_begin(speed) -> None:
+    """CUDA graphs (``compile_mode: reduce-overhead``) reuse their output buffers: mark where each
+    step begins, so a graph's outputs of the step before may be overwritten."""
+    if speed.compile != "off" and speed.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def fp8_linears(module) -> int:
