@@ -18,11 +18,15 @@ Lightning's ``bf16-mixed`` runs), with the speed switches of the preset (frozen 
 no_grad encoder, SDPA, LM head on answer positions only, packed sequences) and ``--compile``.
 Both see identical batches: random audio of the preset's window, prompt and answer of fixed token
 lengths. Reports samples/s, TFLOP/s counted by ``torch.utils.flop_counter.FlopCounterMode`` over
-one step, that rate's share of a measured bf16 matmul rate, and peak memory, as JSON.
+one step, that rate's share of a measured bf16 matmul rate (MFU), and peak memory, as JSON.
+``--ablate`` adds issue 24's table (``bench/ablate.py``): the LAVIS/MusiLingo-default step and each
+speed switch of ``model.speed`` one row at a time, and micro-batch scaling.
 
     python bench/gpu.py                      # GPU, paper sizes (< 6 min on one H100)
     python bench/gpu.py --tiny               # CPU check with tiny models (the test suite runs it)
     python bench/gpu.py --presets blap_stage2 --steps 20 --compile --out bench/gpu-h100.json
+    python bench/gpu.py --presets --ablate --out bench/gpu-ablate-h200.json        # GPU: the ablation only
+    python bench/gpu.py --tiny --presets --ablate --compile-backend aot_eager      # its CPU check
 """
 
 from __future__ import annotations
@@ -125,11 +129,14 @@ def random_weights(device: torch.device):
 
 
 def build_module(preset: str, folders: dict, device: torch.device, compile_: bool, variant: dict | None = None):
-    """The preset's model section with every pretrained reference pointed at ``folders``."""
+    """The preset's model section with every pretrained reference pointed at ``folders``. ``variant``:
+    ``frozen_dtype``, ``gradient_checkpointing``, ``speed`` (``model.speed`` fields) and ``buckets``
+    (the LLM's ``length_buckets``)."""
     import yaml
 
     from bridgebench.specs import BridgeSpec, EncoderSpec, GenerationSpec, LLMSpec, PrecisionSpec, spec_from_dict
     from bridgebench.engine.module import BridgeModule
+    from bridgebench.engine.speed import SpeedSpec
 
     model = yaml.safe_load(open(ROOT / "experiments" / f"{preset}.yaml"))["model"]
     enc, bridge, llm = (spec_from_dict(EncoderSpec, model["encoder"]), spec_from_dict(BridgeSpec, model["bridge"]),
@@ -145,11 +152,11 @@ def build_module(preset: str, folders: dict, device: torch.device, compile_: boo
     dtype = variant.get("frozen_dtype", dtype)
     if variant.get("gradient_checkpointing") and bridge.name != "linear_pool":
         getattr(bridge, bridge.name).gradient_checkpointing = True
-    compile_ = variant.get("compile", compile_)
+    opts.length_buckets = variant.get("buckets")
+    speed = SpeedSpec(**{"compile": "stacks" if compile_ else "off", **variant.get("speed", {})})
     with random_weights(device), torch.device(device):
         module = BridgeModule(encoder=enc, bridge=bridge, llm=llm, objectives={"lm": 1.0},
-                              generation=GenerationSpec(num_beams=1), precision=PrecisionSpec(dtype),
-                              compile=compile_)
+                              generation=GenerationSpec(num_beams=1), precision=PrecisionSpec(dtype), speed=speed)
     return module.to(device)
 
 
@@ -271,26 +278,38 @@ def matmul_tflops(device: torch.device, tiny: bool) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def measure(step, params: list, batch_size: int, device: torch.device, steps: int, warmup: int, fused: bool) -> dict:
-    """Samples/s over ``steps`` timed optimiser steps after ``warmup``; FLOPs counted on one step."""
+def measure(step, params: list, batch_size: int, device: torch.device, steps: int, warmup: int, fused: bool,
+            flops: int | None = None, mark_steps: bool = False) -> dict:
+    """Samples/s over ``steps`` timed optimiser steps after ``warmup``; FLOPs counted on one step (or
+    ``flops``, for a compiled step, whose kernels a FlopCounterMode cannot see). ``mark_steps``: tell
+    CUDA graphs (compile mode reduce-overhead) where each step begins. ``first_step_s`` includes any
+    compilation."""
     from torch.utils.flop_counter import FlopCounterMode
 
     opt = torch.optim.AdamW(params, lr=1e-5, fused=fused or None)
 
     def one():
+        if mark_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         loss = step()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
-    for _ in range(warmup):
-        one()
     sync(device)
-    counter = FlopCounterMode(display=False)
-    with counter:
+    start = time.perf_counter()
+    for i in range(max(warmup, 1)):
         one()
-    flops = counter.get_total_flops()
+        if i == 0:
+            sync(device)
+            first = time.perf_counter() - start
+    sync(device)
+    if flops is None:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            one()
+        flops = counter.get_total_flops()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sync(device)
@@ -299,8 +318,8 @@ def measure(step, params: list, batch_size: int, device: torch.device, steps: in
         loss = one()
     sync(device)
     seconds = (time.perf_counter() - start) / steps
-    return {"samples_per_s": batch_size / seconds, "step_s": seconds, "tflops": flops / seconds / 1e12,
-            "flop_per_step": flops, "loss": float(loss),
+    return {"samples_per_s": batch_size / seconds, "step_s": seconds, "first_step_s": first,
+            "tflops": flops / seconds / 1e12, "flop_per_step": flops, "loss": float(loss),
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
 
 
@@ -340,10 +359,18 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", nargs="*", default=list(SHAPES))
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; tiny 1)")
-    parser.add_argument("--compile", action="store_true", help="bridgebench's compile switch (model.compile)")
+    parser.add_argument("--compile", action="store_true", help="bridgebench's compile switch (model.speed.compile: stacks)")
     parser.add_argument("--ablate", action="store_true",
-                        help="also time blap_stage2 with each speed switch flipped (fp32 frozen storage, compile, "
-                             "Q-Former gradient checkpointing)")
+                        help="also the speed-switch table of bench/ablate.py (one switch per row) for --ablate-presets")
+    parser.add_argument("--ablate-presets", nargs="*", default=["blap_stage2", "musilingo_stage2"])
+    parser.add_argument("--rows", nargs="*", default=None,
+                        help="only these rows of the ablation (default: all; a later row still adds the switches of "
+                             "the rows before it)")
+    parser.add_argument("--batches", type=int, nargs="*", default=None,
+                        help="batch sizes of the ablation's batch_scaling row (default 8 16 32 50 100 200; tiny 1 2)")
+    parser.add_argument("--fp8-steps", type=int, default=None, help="steps of the fp8 vs bf16 loss check (default 200; tiny 2)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="model.speed.compile_backend of the compiled rows (aot_eager: a quick CPU check)")
     parser.add_argument("--out", default=None, help="JSON output (default bench/results/gpu[-tiny].json)")
     opts = parser.parse_args(argv)
     device = torch.device("cpu" if opts.tiny or not torch.cuda.is_available() else "cuda")
@@ -361,21 +388,19 @@ def main(argv=None) -> int:
         for preset in opts.presets:
             r = run_preset(preset, folders, device, opts.tiny, steps, warmup, opts.compile)
             for side in ("bridgebench", "hand_wired"):
-                r[side]["share_of_matmul_rate"] = r[side]["tflops"] / report["matmul_tflops"]
+                r[side]["share_of_matmul_rate"] = r[side]["mfu"] = r[side]["tflops"] / report["matmul_tflops"]
             report["presets"][preset] = r
             print(f"{preset}: bridgebench {r['bridgebench']['samples_per_s']:.1f} samples/s "
                   f"({r['bridgebench']['tflops']:.2f} TFLOP/s), hand-wired {r['hand_wired']['samples_per_s']:.1f} "
                   f"samples/s, speedup {r['speedup']:.2f}x", flush=True)
         if opts.ablate:
-            # One switch flipped at a time against the default blap_stage2 step above.
-            report["switches"] = {}
-            for name, variant in (("frozen_fp32", {"frozen_dtype": "float32"}), ("compile", {"compile": True}),
-                                  ("qformer_grad_checkpointing", {"gradient_checkpointing": True})):
-                r = run_preset("blap_stage2", folders, device, opts.tiny, steps, warmup, opts.compile, variant,
-                               reference=False)["bridgebench"]
-                report["switches"][name] = r
-                print(f"blap_stage2 with {name}: {r['samples_per_s']:.1f} samples/s, peak "
-                      f"{r['peak_mem_gb'] if r['peak_mem_gb'] is None else round(r['peak_mem_gb'], 1)} GB", flush=True)
+            from ablate import ablate
+
+            batches = opts.batches or ([1, 2] if opts.tiny else [8, 16, 32, 50, 100, 200])
+            report["ablation"] = {
+                preset: ablate(preset, folders, device, opts.tiny, steps, warmup, report["matmul_tflops"], batches,
+                               opts.fp8_steps or (2 if opts.tiny else 200), opts.compile_backend, opts.rows)
+                for preset in opts.ablate_presets}
     report["wall_s"] = time.perf_counter() - started
     out = Path(opts.out or ROOT / "bench" / "results" / f"gpu{'-tiny' if opts.tiny else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -234,6 +234,10 @@ class Seq2SeqOptions:
     """Override the FFN activation (LAVIS and BLAP set ``gelu`` on Flan-T5)."""
     max_prompt_tokens: int = at_least(1, 128)
     max_target_tokens: int = at_least(1, 64)
+    length_buckets: Optional[list[int]] = None
+    """Pad each text piece of a batch (prompt, target) up to the next of these lengths instead of its
+    longest member, e.g. ``[16, 32, 64, 128]`` (past the last: the next multiple of the last), so
+    compiled and CUDA-graph shapes repeat; the masks keep the loss the same. None: the longest."""
     prompt_truncation: str = "left"
     """Which end of a prompt longer than ``max_prompt_tokens`` is cut: ``left`` (its start; LAVIS's
     InstructBLIP tokenizes the T5 input with truncation_side left, keeping the question at the end)
@@ -257,6 +261,10 @@ class CausalOptions:
     """Start with the tokenizer's BOS token when it has one."""
     max_prompt_tokens: int = at_least(1, 128)
     max_target_tokens: int = at_least(2, 160)
+    length_buckets: Optional[list[int]] = None
+    """Pad each text piece of a batch (prompt, target) up to the next of these lengths instead of its
+    longest member, e.g. ``[16, 32, 64, 128]`` (past the last: the next multiple of the last), so
+    compiled and CUDA-graph shapes repeat; the masks keep the loss the same. None: the longest."""
     stop_strings: Optional[list[str]] = None
     """Generation stops once a sequence's text ends with one of these, and the answer is cut there
     (MusiLingo's qa.py stops at ``###``); None: only at EOS or ``max_new_tokens``."""

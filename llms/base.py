@@ -19,9 +19,31 @@ from torch import nn
 from bridgebench.specs import GenerationSpec, LoraOptions
 
 
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists; returns ids [B, L] and a bool mask (L >= 1 so empty batches still stack)."""
-    width = max([len(s) for s in seqs] + [1])
+def bucket_width(longest: int, buckets: Optional[list[int]]) -> int:
+    """``longest`` rounded up to the next bucket (past the last: the next multiple of the last)."""
+    if not buckets:
+        return longest
+    for size in sorted(buckets):
+        if longest <= size:
+            return size
+    last = max(buckets)
+    return -(-longest // last) * last
+
+
+def buckets_problem(key: str, buckets) -> Optional[str]:
+    """What is wrong with a ``length_buckets`` option, or None."""
+    if buckets is None:
+        return None
+    if not buckets or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets):
+        return f"{key}: {buckets!r}; give positive whole token counts, e.g. [16, 32, 64, 128], or null"
+    return None
+
+
+def pad_right(seqs: list[list[int]], pad_id: int,
+              buckets: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to the longest (or its ``buckets`` length); returns ids [B, L] and a bool
+    mask (L >= 1 so empty batches still stack)."""
+    width = bucket_width(max([len(s) for s in seqs] + [1]), buckets)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):

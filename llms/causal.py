@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bridgebench.specs import GenerationSpec, LoraOptions
-from bridgebench.llms.base import LanguageModel, pad_right
+from bridgebench.llms.base import LanguageModel, buckets_problem, pad_right
 from bridgebench.runtime.references import looks_local, pretrained_problem, resolve_pretrained
 
 AUDIO_SLOT = "<AudioHere>"
@@ -37,6 +37,7 @@ def check_options(opts, key: str) -> list[str]:
     out = [problem] if problem else []
     if AUDIO_SLOT not in opts.template:
         out.append(f"{key}.template: must contain the audio slot '{AUDIO_SLOT}'")
+    out += [p for p in [buckets_problem(f"{key}.length_buckets", opts.length_buckets)] if p]
     if opts.stop_strings is not None and not all(isinstance(x, str) and x for x in opts.stop_strings):
         out.append(f"{key}.stop_strings: {opts.stop_strings!r}; give non-empty strings, or null")
     if opts.gguf_file and opts.pretrained != "tiny" and not problem:
@@ -57,6 +58,7 @@ class CausalText:
     add_bos: bool
     max_prompt_tokens: int
     max_target_tokens: int
+    length_buckets: Optional[list[int]] = None
 
     def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
@@ -69,8 +71,8 @@ class CausalText:
             post.append(ids[-self.max_prompt_tokens:])  # keep the end: it holds the assistant cue
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out = {}
-        out["pre_ids"], out["pre_mask"] = pad_right(pre, pad)
-        out["post_ids"], out["post_mask"] = pad_right(post, pad)
+        out["pre_ids"], out["pre_mask"] = pad_right(pre, pad, self.length_buckets)
+        out["post_ids"], out["post_mask"] = pad_right(post, pad, self.length_buckets)
         if targets is not None:
             answers = []
             for target in targets:
@@ -80,7 +82,7 @@ class CausalText:
                 else:
                     ids = tok(target + self.end_symbol, add_special_tokens=False).input_ids[: self.max_target_tokens]
                 answers.append(ids)
-            out["target_ids"], out["target_mask"] = pad_right(answers, pad)
+            out["target_ids"], out["target_mask"] = pad_right(answers, pad, self.length_buckets)
         return out
 
 
@@ -101,8 +103,8 @@ class CausalLM(LanguageModel):
                  gguf_file: Optional[str] = None,
                  template: str = "###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: ",
                  end_symbol: Optional[str] = "###", add_bos: bool = True, max_prompt_tokens: int = 128,
-                 max_target_tokens: int = 160, stop_strings: Optional[list[str]] = None,
-                 lora: Optional[LoraOptions] = None):
+                 max_target_tokens: int = 160, length_buckets: Optional[list[int]] = None,
+                 stop_strings: Optional[list[str]] = None, lora: Optional[LoraOptions] = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kw = {}
@@ -117,7 +119,7 @@ class CausalLM(LanguageModel):
         self.end_symbol = end_symbol
         self.stop_strings = list(stop_strings or [])
         self.text_processor = CausalText(tokenizer, template, end_symbol, add_bos, max_prompt_tokens,
-                                         max_target_tokens)
+                                         max_target_tokens, length_buckets)
 
     def assemble(self, soft, soft_mask, text, with_target: bool):
         """Embeddings, mask and labels of [pre ; soft ; post ; (target)], packed."""
@@ -139,7 +141,9 @@ class CausalLM(LanguageModel):
         """Next-token cross-entropy at labelled positions only; the LM head runs only there."""
         hf = self.hf
         body = getattr(hf, hf.base_model_prefix)
-        hidden = body(inputs_embeds=embeds, attention_mask=mask.long()).last_hidden_state
+        # use_cache=False: no key/value cache is filled in training (it also kept a compiled block
+        # from serving every layer: each layer's cache slot is a different guard).
+        hidden = body(inputs_embeds=embeds, attention_mask=mask.long(), use_cache=False).last_hidden_state
         targets = labels[:, 1:]
         selected = targets != -100
         logits = hf.get_output_embeddings()(hidden[:, :-1][selected])

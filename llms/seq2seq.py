@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from bridgebench.specs import GenerationSpec, LoraOptions
-from bridgebench.llms.base import LanguageModel, pad_right
+from bridgebench.llms.base import LanguageModel, buckets_problem, pad_right
 from bridgebench.runtime.references import pretrained_problem
 
 
@@ -22,7 +22,8 @@ TRUNCATION_SIDES = ("left", "right")
 
 def check_options(opts, key: str) -> list[str]:
     """Checks of ``seq2seq`` options beyond their declared ranges."""
-    out = [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained)] if p]
+    out = [p for p in [pretrained_problem(f"{key}.pretrained", opts.pretrained),
+                       buckets_problem(f"{key}.length_buckets", opts.length_buckets)] if p]
     if opts.prompt_truncation not in TRUNCATION_SIDES:
         out.append(f"{key}.prompt_truncation: unknown value '{opts.prompt_truncation}'; choose one of: "
                    f"{', '.join(TRUNCATION_SIDES)}")
@@ -39,17 +40,18 @@ class Seq2SeqText:
     max_prompt_tokens: int
     max_target_tokens: int
     prompt_truncation: str = "left"
+    length_buckets: Optional[list[int]] = None
 
     def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         tok.truncation_side = self.prompt_truncation
         prompt = tok(instructions, truncation=True, max_length=self.max_prompt_tokens).input_ids
         out = {}
-        out["prompt_ids"], out["prompt_mask"] = pad_right(prompt, tok.pad_token_id)
+        out["prompt_ids"], out["prompt_mask"] = pad_right(prompt, tok.pad_token_id, self.length_buckets)
         if targets is not None:
             tok.truncation_side = "right"
             target = tok(targets, truncation=True, max_length=self.max_target_tokens).input_ids
-            out["target_ids"], out["target_mask"] = pad_right(target, tok.pad_token_id)
+            out["target_ids"], out["target_mask"] = pad_right(target, tok.pad_token_id, self.length_buckets)
         return out
 
 
@@ -58,7 +60,8 @@ class Seq2SeqLM(LanguageModel):
 
     def __init__(self, pretrained: str, mode: str = "frozen", dtype: Optional[torch.dtype] = None,
                  dense_act_fn: Optional[str] = None, max_prompt_tokens: int = 128, max_target_tokens: int = 64,
-                 prompt_truncation: str = "left", lora: Optional[LoraOptions] = None):
+                 prompt_truncation: str = "left", length_buckets: Optional[list[int]] = None,
+                 lora: Optional[LoraOptions] = None):
         from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
         config = AutoConfig.from_pretrained(pretrained)
@@ -68,7 +71,8 @@ class Seq2SeqLM(LanguageModel):
         model = AutoModelForSeq2SeqLM.from_pretrained(pretrained, config=config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(pretrained)
         super().__init__(model, tokenizer, pretrained, mode, lora, task_type="SEQ_2_SEQ_LM")
-        self.text_processor = Seq2SeqText(tokenizer, max_prompt_tokens, max_target_tokens, prompt_truncation)
+        self.text_processor = Seq2SeqText(tokenizer, max_prompt_tokens, max_target_tokens, prompt_truncation,
+                                           length_buckets)
 
     def encoder_inputs(self, soft, soft_mask, text):
         prompt = self.embed(text["prompt_ids"])
@@ -79,7 +83,8 @@ class Seq2SeqLM(LanguageModel):
     def loss(self, soft, soft_mask, text):
         embeds, mask = self.encoder_inputs(soft, soft_mask, text)
         labels = text["target_ids"].masked_fill(~text["target_mask"], -100)
-        return self.model(inputs_embeds=embeds, attention_mask=mask.long(), labels=labels).loss.float()
+        return self.model(inputs_embeds=embeds, attention_mask=mask.long(), labels=labels,
+                          use_cache=False).loss.float()
 
     @torch.no_grad()
     def candidate_nll(self, soft, soft_mask, text, candidates: list[str], chunk: int = 64):

@@ -440,11 +440,12 @@ def test_fsdp_strategy_config_parses():
 @pytest.mark.parametrize("llm", ["seq2seq", "causal"])
 def test_compile_switch_keeps_the_loss_and_the_checkpoint_keys(llm):
     from bridgebench.engine.module import BridgeModule
+    from bridgebench.engine.speed import SpeedSpec
 
     torch.manual_seed(0)
     plain = BridgeModule(**tiny_specs(encoder="mert", bridge="qformer", llm=llm))
     torch.manual_seed(0)
-    compiled = BridgeModule(**tiny_specs(encoder="mert", bridge="qformer", llm=llm), compile=True)
+    compiled = BridgeModule(**tiny_specs(encoder="mert", bridge="qformer", llm=llm), speed=SpeedSpec(compile="stacks"))
     batch = tiny_batch(plain)
     plain.eval()
     compiled.eval()

@@ -163,8 +163,9 @@ def load_exported(cls, path: str, option: str = "from_pretrained", **overrides: 
 
 def build_exported(cls, meta: dict, state: dict[str, torch.Tensor], path: str, option: str, **overrides: Any):
     """``cls`` built from an export's hyper-parameters (frozen parts from their references), then its
-    weights loaded, each of which must have its place; in eval mode."""
-    module = cls.from_hparams(meta["hyper_parameters"], **overrides)
+    weights loaded, each of which must have its place; in eval mode. The run's speed switches
+    (compile, FP8: how its steps ran on its GPU) are off unless ``overrides`` give them."""
+    module = cls.from_hparams(meta["hyper_parameters"], **{"speed": {}, **overrides})
     vocabulary = meta.get("tag_vocabulary")
     if vocabulary and module.tagger is None:  # the tag head is built from the training data in a run
         from bridgebench.encoders.tagging import TagHead

@@ -74,7 +74,8 @@ class BridgeCLI(LightningCLI):
         # would not follow a later override): `eval_batch_size: ${data.batch_size}` follows
         # --data.batch_size=8. Paths in a file are absolute from its top (`${data.batch_size}`), as
         # the file reads, though the parser nests it under the subcommand.
-        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+        # Attribute docstrings: each spec field's docstring (specs.py) is its --help text.
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True, docstring_parse_attribute_docstrings=True)
         kwargs.setdefault("parser_mode", "omegaconf+")
         return super().init_parser(**kwargs)
 

@@ -35,7 +35,7 @@ from bridgebench.engine import checkpoints, frozen, validate
 from bridgebench.engine.evaluator import TestEvaluator
 from bridgebench.engine.registry import build_bridge, build_encoder, build_llm, llm_width
 from bridgebench.engine.schedule import lr_factor
-from bridgebench.engine.speed import compile_parts
+from bridgebench.engine.speed import SpeedSpec, adamw_fused, compile_parts, fp8_linears, step_begin
 from bridgebench.errors import ConfigError, DataError
 from bridgebench.specs import (
     STAGE1_OBJECTIVES,
@@ -74,9 +74,8 @@ class BridgeModule(L.LightningModule):
         encoder_checkpoint: A run's checkpoint whose trained encoder initialises this encoder (its
             bridge is ignored): one encoder trained in stage 1 shared by other bridges, e.g. the
             demo's stage-1 and stage-2 runs reuse the encoder that demo_encoder trained by tagging.
-        compile: ``torch.compile`` the bridge's forward and the LLM's encoder/decoder stacks
-            (dynamic shapes). The module tree and checkpoint keys stay unchanged; the first steps
-            pay the compile time. A speed switch for GPUs (see ``bench/gpu.py``).
+        speed: Speed switches (compile, FP8, fused AdamW), each off by default; they change how a
+            step computes, never its loss or the checkpoint keys (see ``bench/gpu.py --ablate``).
         check_finite: Stop at the first non-finite loss before its update is applied (README, "When
             things go wrong"). It costs one host-device sync per step; switch it off on GPUs once a
             recipe is known to be stable, for a step with no sync of ours.
@@ -96,15 +95,15 @@ class BridgeModule(L.LightningModule):
         stage1_checkpoint: Optional[str] = None,
         stage1_parts: Optional[list[str]] = None,
         encoder_checkpoint: Optional[str] = None,
-        compile: bool = False,
+        speed: SpeedSpec = SpeedSpec(),
         check_finite: bool = True,
     ):
         super().__init__()
         objectives = dict(objectives or {"lm": 1.0})
         validate.check({"encoder": encoder, "bridge": bridge, "llm": llm, "objectives": objectives,
                         "optimizer": optimizer, "generation": generation, "stage1": stage1,
-                        "evaluation": evaluation, "precision": precision, "stage1_checkpoint": stage1_checkpoint,
-                        "encoder_checkpoint": encoder_checkpoint})
+                        "evaluation": evaluation, "precision": precision, "speed": speed,
+                        "stage1_checkpoint": stage1_checkpoint, "encoder_checkpoint": encoder_checkpoint})
         # Every argument, as plain data (checkpoints load with torch.load(weights_only=True)); a run
         # is rebuilt from these alone (from_hparams), so no key list is kept by hand.
         self.save_hyperparameters({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
@@ -115,6 +114,7 @@ class BridgeModule(L.LightningModule):
         self.optim = optimizer
         self.gen = generation
         self.eval_spec = evaluation
+        self.speed = speed
         self.frozen_dtype = frozen.resolve_dtype(precision.frozen)
         self.eval_frozen_dtype = None if precision.frozen_eval is None else frozen.resolve_dtype(precision.frozen_eval)
         stage1_objectives = [o for o in objectives if o in STAGE1_OBJECTIVES]
@@ -157,8 +157,9 @@ class BridgeModule(L.LightningModule):
         self._skipped: dict[str, list[dict]] = {}
         self._trained_examples = 0
         self._encoder_key: Optional[str] = None
-        if compile:
-            compile_parts(self)
+        if speed.fp8 and self.llm is not None:
+            fp8_linears(self)
+        compile_parts(self, speed)
         self.train()  # the override keeps the frozen parts in eval mode
 
     @classmethod
@@ -254,10 +255,12 @@ class BridgeModule(L.LightningModule):
         return self.encoder(batch["audio"], batch["audio_mask"])
 
     def soft_prompt(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        step_begin(self.speed)
         feats, mask = self.encode(batch)
         return self.bridge(feats.float(), mask, batch["text"])
 
     def losses(self, batch: dict, encoded: Optional[tuple] = None) -> dict[str, torch.Tensor]:
+        step_begin(self.speed)
         feats, mask = encoded if encoded is not None else self.encode(batch)
         feats = feats.float()
         text = batch["text"]
@@ -406,8 +409,8 @@ class BridgeModule(L.LightningModule):
                 ps = [p for p in params if (p.ndim >= 2) == decayed]
                 if ps:
                     param_groups.append({"params": ps, "weight_decay": o.weight_decay if decayed else 0.0, "lr": lr})
-        fused = all(p.is_cuda for g in param_groups for p in g["params"])
-        opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), fused=fused or None)
+        fused = adamw_fused([p for g in param_groups for p in g["params"]], self.speed.fused_adamw)
+        opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), fused=fused)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, o, total=total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

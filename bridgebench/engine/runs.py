@@ -76,7 +76,8 @@ def load_run(ref: str, device: str = "cpu", option: str = "--ckpt") -> tuple[Bri
 
 def _from_checkpoint(ckpt: dict, precision: Optional[dict] = None) -> BridgeModule:
     hp = dict(ckpt["hyper_parameters"])
-    module = BridgeModule.from_hparams(hp, precision=precision or _eval_precision(hp))
+    # speed={}: a run that compiled or used FP8 on its GPU is read anywhere, in plain eager mode.
+    module = BridgeModule.from_hparams(hp, precision=precision or _eval_precision(hp), speed={})
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return module.eval()

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from bridgebench.datamodules.datamodule import check_options as data_problems
 from bridgebench.engine.checkpoints import checkpoint_problem
 from bridgebench.engine.registry import TABLES
+from bridgebench.engine.speed import COMPILE_BACKENDS, COMPILE_MODES, COMPILE_OPTIONS, SpeedSpec, fp8_problem
 from bridgebench.errors import ConfigProblems
 from bridgebench.specs import (
     FROZEN_DTYPES,
@@ -36,7 +37,8 @@ from bridgebench.specs import (
 )
 
 SECTIONS = {"encoder": EncoderSpec, "bridge": BridgeSpec, "llm": LLMSpec, "optimizer": OptimSpec,
-            "generation": GenerationSpec, "stage1": Stage1Spec, "evaluation": EvalSpec, "precision": PrecisionSpec}
+            "generation": GenerationSpec, "stage1": Stage1Spec, "evaluation": EvalSpec, "precision": PrecisionSpec,
+            "speed": SpeedSpec}
 
 
 def _choice(key: str, value: Any, options) -> list[str]:
@@ -79,6 +81,13 @@ def model_problems(model: dict, check_files: bool = True) -> list[str]:
     out += _choice("model.precision.frozen", precision.frozen, FROZEN_DTYPES)
     if precision.frozen_eval is not None:
         out += _choice("model.precision.frozen_eval", precision.frozen_eval, FROZEN_DTYPES[1:])
+    speed = specs["speed"]
+    out += _choice("model.speed.compile", speed.compile, COMPILE_MODES)
+    out += _choice("model.speed.compile_mode", speed.compile_mode, COMPILE_OPTIONS)
+    out += _choice("model.speed.compile_backend", speed.compile_backend, COMPILE_BACKENDS)
+    out += [p for p in [fp8_problem(speed.fp8)] if p]
+    if speed.fp8 and llm.name == "none":
+        out.append("model.speed.fp8 speeds up the LLM's linear layers; this run has none (model.llm.name: none)")
     optim = specs["optimizer"]
     for group, scale in (optim.lr_scale or {}).items():
         if group not in LR_GROUPS:
