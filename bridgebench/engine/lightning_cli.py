@@ -68,14 +68,22 @@ class BridgeCLI(LightningCLI):
     checkpoints go to its ``checkpoints/``, each command's logs (CSV and TensorBoard, or the loggers
     ``trainer.logger`` names; ``loggers.py``) and config to ``logs/NN-<command>/``."""
 
+    def __init__(self, *args_, args=None, **kwargs):
+        argv = sys.argv[1:] if args is None else args
+        # Attribute docstrings (each spec field's docstring in specs.py is its --help text) make
+        # jsonargparse read the source of every class it builds arguments for, Trainer's included:
+        # about 3x the parser's build time on every command. Only --help shows them.
+        self._attribute_docs = isinstance(argv, (list, tuple)) and any(a in ("-h", "--help") for a in argv)
+        super().__init__(*args_, args=args, **kwargs)
+
     def init_parser(self, **kwargs):
         # ${...} interpolation (omegaconf), resolved on the whole config after every --config file and
         # --key=value flag ("omegaconf+"; plain "omegaconf" resolves each file alone, so a tied value
         # would not follow a later override): `eval_batch_size: ${data.batch_size}` follows
         # --data.batch_size=8. Paths in a file are absolute from its top (`${data.batch_size}`), as
         # the file reads, though the parser nests it under the subcommand.
-        # Attribute docstrings: each spec field's docstring (specs.py) is its --help text.
-        set_parsing_settings(omegaconf_absolute_to_relative_paths=True, docstring_parse_attribute_docstrings=True)
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True,
+                             docstring_parse_attribute_docstrings=self._attribute_docs)
         kwargs.setdefault("parser_mode", "omegaconf+")
         return super().init_parser(**kwargs)
 
