@@ -19,12 +19,15 @@ from torch import nn
 
 def bf16_is_native() -> bool:
     """Whether bf16 matmuls run in hardware where this run computes: a CUDA GPU that supports them,
-    or a CPU with AMX tiles. Elsewhere they are emulated (measured on an AVX2 EPYC: a 512x576x576
-    matmul took 193 ms in bf16 against 4.6 ms in float32, so a demo stage-2 step went from ~1 s to
-    over a minute; on an AMX Xeon the bf16 step was 1.3x faster than float32)."""
+    or a CPU with AMX tiles or AVX512-BF16 dot products. Elsewhere they are emulated (measured on an
+    AVX2 EPYC: a 512x576x576 matmul took 193 ms in bf16 against 4.6 ms in float32, so a demo stage-2
+    step went from ~1 s to over a minute). Native: on an AMX Xeon the bf16 step was 1.3x faster than
+    float32; on an AVX512-BF16 EPYC a 640x576x1536 matmul took 3.6 ms against 9.5 ms and SmolLM2's
+    forward + backward at batch 8 x 80 tokens 2.1 s against 3.4 s."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return any(bool(getattr(torch.cpu, probe, lambda: False)())
+               for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
 
 
 def resolve_dtype(name: str) -> torch.dtype:
