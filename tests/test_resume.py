@@ -40,11 +40,18 @@ def _last_losses(run_dir):
     return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
 
 
-@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
-def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, signal_name):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = _fit(straight, _overlay(tmp_path / "plain.yaml"))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted 20-step run both signals are compared with (fitted once)."""
+    root = tmp_path_factory.mktemp("straight")
+    done = _fit(root / "run", _overlay(root / "plain.yaml"))
     assert done.returncode == 0, done.stderr[-2000:]
+    return root / "run"
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, signal_name, straight):
+    killed = tmp_path / "killed"
     died = _fit(killed, _overlay(tmp_path / "kill.yaml", kill_at=7, signal_name=signal_name))
     assert died.returncode == (-9 if signal_name == "SIGKILL" else 143)  # mid-epoch (an epoch is 13 steps)
     if signal_name == "SIGTERM":

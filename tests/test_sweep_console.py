@@ -46,10 +46,16 @@ def test_the_sweep_console_shows_each_runs_progress_live_and_quiet_turns_it_off(
     log = next((tmp_path / "loud" / "runs").rglob("sweep.log")).read_text()
     assert "[progress] fit 3/3 steps" in log  # the run's own log keeps them too
 
-    quiet = _sweep(tmp_path, "quiet", "--quiet", cache=tmp_path / "cache")  # rendered: test_music_synth checks quiet renders
-    assert "[sweep] one seed 0: fit + test in" in quiet.stdout  # the sweep's own lines stay
+    # --quiet on the same sweep with its test step to do again (the fit is done and skipped): the
+    # rerun's command shows no live line, and the run's log gains no progress lines either.
+    log_path = next((tmp_path / "loud" / "runs").rglob("sweep.log"))
+    before = len(log_path.read_text())
+    (log_path.parent / "metrics.json").unlink()
+    quiet = _sweep(tmp_path, "loud", "--quiet", cache=tmp_path / "cache")
+    assert "[sweep] one seed 0: test in" in quiet.stdout  # the sweep's own lines stay
     assert not re.search(r"^\[sweep\] one seed 0 (fit|test): ", quiet.stdout, re.M), quiet.stdout
-    assert "[progress]" not in next((tmp_path / "quiet" / "runs").rglob("sweep.log")).read_text()
+    added = log_path.read_text()[before:]
+    assert "$ " in added and "[progress]" not in added
 
 
 def _cells(values: dict[str, dict[int, dict]]) -> dict:
