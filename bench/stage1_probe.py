@@ -93,8 +93,7 @@ def query_outputs(config: str, encoder_ckpt: str, stage1_ckpt: Optional[str],
         with torch.no_grad():
             for batch in loader:
                 feats, mask = module.encode(batch)
-                h = bridge.qformer(bridge.ln_audio(feats.float()), mask, **bridge._text_inputs(batch["text"]))
-                hidden.append(h[:, : bridge.num_queries].float())
+                hidden.append(bridge.query_outputs(feats.float(), mask, batch["text"]).float())
                 for k in LABELS:
                     labels[k] += [clip[k] for clip in batch["labels"]]
         out[role] = (torch.cat(hidden), labels)

@@ -329,10 +329,14 @@ class QFormerBridge(Bridge):
         self.num_queries = num_queries
         self.hidden_size = config.hidden_size
 
+    def query_outputs(self, features, feature_mask, text=None) -> torch.Tensor:
+        """The Q-Former's query outputs [B, queries, hidden], before standardisation and projection."""
+        return self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))[:, : self.num_queries]
+
     def forward(self, features, feature_mask, text=None):
         if self.proj is None:
             raise RuntimeError("this bridge was built without an LLM projection (stage 1: no LLM)")
-        hidden = self.qformer(self.ln_audio(features), feature_mask, **self._text_inputs(text))[:, : self.num_queries]
+        hidden = self.query_outputs(features, feature_mask, text)
         if self.query_norm is not None:
             flat, norm = hidden.reshape(hidden.shape[0], -1), self.query_norm
             if norm.training and flat.shape[0] == 1:

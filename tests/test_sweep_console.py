@@ -43,13 +43,13 @@ def test_the_sweep_console_shows_each_runs_progress_live_and_quiet_turns_it_off(
     assert all(re.search(r", loss \d+\.\d{3}, [\d.]+ s each, ETA \d", ln) for ln in steps), steps
     assert any(re.match(r"\[sweep\] one seed 0 test: test 2/2 batches, .*ETA", ln) for ln in lines), lines
     assert lines.index(steps[-1]) < lines.index(next(ln for ln in lines if ln.startswith("[sweep] wrote ")))
-    log = next((tmp_path / "loud" / "runs").rglob("sweep.log")).read_text()
+    log_path = next((tmp_path / "loud" / "runs").rglob("sweep.log"))
+    log = log_path.read_text()
     assert "[progress] fit 3/3 steps" in log  # the run's own log keeps them too
 
     # --quiet on the same sweep with its test step to do again (the fit is done and skipped): the
     # rerun's command shows no live line, and the run's log gains no progress lines either.
-    log_path = next((tmp_path / "loud" / "runs").rglob("sweep.log"))
-    before = len(log_path.read_text())
+    before = len(log)
     (log_path.parent / "metrics.json").unlink()
     quiet = _sweep(tmp_path, "loud", "--quiet", cache=tmp_path / "cache")
     assert "[sweep] one seed 0: test in" in quiet.stdout  # the sweep's own lines stay
