@@ -108,6 +108,8 @@ def test_sweep_tunes_each_cell_on_validation_then_runs_the_seeds_and_reports_sta
     sweep_file = tmp_path / "two_point.yaml"
     spec = yaml.safe_load(open(os.path.join(ROOT, "experiments", "sweeps", "demo_bridges.yaml")))
     spec["protocol"]["tune"] = {"model.optimizer.lr": [1.0e-4, 1.0e-3]}
+    # Stage 1 per seed (a sweep option; demo_bridges itself fits stage 1 once, for time).
+    spec["needs"]["demo_bridgenet_stage1"]["per_seed"] = True
     sweep_file.write_text(yaml.safe_dump(spec))
     cmd[4] = str(sweep_file)
     (tmp_path / "experiments").symlink_to(os.path.join(ROOT, "experiments"))
