@@ -377,8 +377,10 @@ class OptimSpec:
     constant (warmup, then lr)."""
     lr_scale: dict[str, float] = field(default_factory=dict)
     """Learning-rate multipliers per parameter group (the schedule scales with them): ``encoder`` (a
-    trainable encoder) and ``projection`` (the bridge's output layer into the LLM, which starts from
-    scratch while a Q-Former starts from BERT or stage 1); every other weight uses ``lr``."""
+    trainable encoder), ``projection`` (the bridge's output layer into the LLM, which starts from
+    scratch while a Q-Former starts from BERT or stage 1) and ``cross_attention`` (a Q-Former's or
+    Bridge-Net's cross-attention layers and query tokens, which BERT has no weights for); every other
+    weight uses ``lr``."""
 
 
 @dataclass
@@ -418,7 +420,7 @@ STAGE1_OBJECTIVES = ("atc", "atm", "atg")
 FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant", "linear")
 OUTPUT_INITS = ("default", "embedding_scale")
-LR_GROUPS = ("encoder", "projection")
+LR_GROUPS = ("encoder", "projection", "cross_attention")
 
 
 def spec_from_dict(cls, data: dict):

@@ -7,7 +7,8 @@ the instruction (``uses_instruction``) find their own tokens in it, made by ``te
 
 What the engine needs from a bridge, declared here instead of read from parameter names:
 ``output_layer()`` (the layer into the LLM, fresh in stage 2), ``param_groups()`` (which weights
-form the ``projection`` group that ``optimizer.lr_scale`` can scale) and ``init_output()`` (the
+form the groups that ``optimizer.lr_scale`` can scale: ``projection``, and a Q-Former's
+``cross_attention``) and ``init_output()`` (the
 ``output_init`` option, applied once the LLM's embedding scale is known).
 """
 

@@ -313,11 +313,11 @@ def test_batched_candidate_scoring_equals_a_loop_over_candidates(llm):
                 torch.testing.assert_close(nll[i, j], mean_loss[i] * n_tokens, rtol=2e-5, atol=1e-4)
 
 
-def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_the_schedule():
+def test_encoder_projection_and_cross_attention_lr_scales_give_their_weights_own_rates_through_the_schedule():
     from bridgebench.engine.module import BridgeModule
 
     optim = OptimSpec(lr=1e-4, min_lr=1e-5, warmup_steps=4, warmup_lr=1e-6,
-                      lr_scale={"encoder": 10.0, "projection": 30.0})
+                      lr_scale={"encoder": 10.0, "projection": 30.0, "cross_attention": 5.0})
     for trainable in (False, True):
         specs = tiny_specs(encoder="mert", bridge="qformer", llm="causal")
         specs["encoder"].trainable = trainable
@@ -327,6 +327,10 @@ def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_t
         opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
         owner = {id(p): "encoder" for p in module.encoder.parameters()}
         owner.update({id(p): "projection" for p in module.bridge.proj.parameters()})
+        cross = {id(p) for n, p in module.bridge.qformer.named_parameters()
+                 if ".crossattention." in n or n == "query_tokens"}
+        assert len(cross) > 1
+        owner.update({i: "cross_attention" for i in cross})
         for _ in range(4):  # to the end of warmup: every group at its peak rate
             opt.step()
             sched.step()
@@ -337,6 +341,7 @@ def test_encoder_and_projection_lr_scales_give_their_weights_own_rates_through_t
             rates.setdefault(parts.pop(), set()).add(g["lr"])
         rates = {k: v.pop() for k, v in rates.items() if len(v) == 1}  # one rate per part, decayed or not
         assert rates["rest"] == pytest.approx(1e-4) and rates["projection"] == pytest.approx(3e-3)
+        assert rates["cross_attention"] == pytest.approx(5e-4)
         if trainable:
             assert rates["encoder"] == pytest.approx(1e-3)
         else:

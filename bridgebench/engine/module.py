@@ -395,7 +395,7 @@ class BridgeModule(L.LightningModule):
             groups["encoder"] = [p for p in self.encoder.parameters() if p.requires_grad]
         if self.bridge is not None:
             for name, params in self.bridge.param_groups().items():
-                groups[name] += [p for p in params if p.requires_grad]
+                groups.setdefault(name, []).extend(p for p in params if p.requires_grad)
         seen = {id(p) for ps in groups.values() for p in ps}
         groups["body"] += [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
         return groups
