@@ -13,8 +13,15 @@ every train and test clip (eval mode, no gradient) and reports
 - ``probe_<label>``: test accuracy of a linear probe (multinomial logistic regression, L2) trained on
   the train clips' flattened outputs: whether the information is there at all.
 
+With ``--layers``, it says where the queries merge instead: for MiniLM init and for each stage-1 run
+given, layer by layer on the test clips, the queries' mean cosine after each layer, and for each
+cross-attention layer the entropy of its attention over the audio frames as a fraction of the
+uniform one (1.0 = every query averages all frames alike) and how alike the queries' cross-attention
+updates are.
+
 Run:  python bench/stage1_probe.py --encoder-checkpoint runs/sweeps/_needs/demo_encoder/checkpoints/last.ckpt \\
-          --stage1-checkpoint runs/sweeps/_needs/demo_stage1/seed0/checkpoints/last.ckpt [--out probe.json]
+          --stage1-checkpoint runs/sweeps/_needs/demo_stage1/checkpoints/last.ckpt [--out probe.json]
+      python bench/stage1_probe.py --layers --encoder-checkpoint ... --stage1-checkpoint A.ckpt [B.ckpt ...]
 Assumes a manifest with ``labels`` (music-synth) and a Q-Former or Bridge-Net preset.
 """
 
@@ -30,15 +37,57 @@ import torch
 LABELS = ("instrument", "genre", "tempo_class")
 
 
+def mean_cos(v: torch.Tensor) -> float:
+    """Mean cosine between the distinct query pairs of each clip; ``v``: [clips, queries, width]."""
+    cos = torch.nn.functional.cosine_similarity(v[:, :, None].double(), v[:, None].double(), dim=-1)
+    return float(cos[:, ~torch.eye(v.shape[1], dtype=torch.bool)].mean())
+
+
+def attention_entropy(probs: torch.Tensor, mask: Optional[torch.Tensor]) -> float:
+    """Mean entropy of attention rows ``probs`` [B, heads, queries, keys] as a fraction of the entropy
+    of uniform attention over the keys each row may see (``mask`` [B, 1, keys], True = visible)."""
+    visible = (mask.sum(-1).double() if mask is not None else torch.full(probs.shape[:1], probs.shape[-1]))
+    entropy = -(probs.double() * probs.double().clamp_min(1e-12).log()).sum(-1)  # [B, heads, queries]
+    return float((entropy / visible.clamp_min(2).log().view(-1, 1, 1)).mean())
+
+
+def layer_stats(bridge, features: torch.Tensor, mask: torch.Tensor, text: Optional[dict] = None) -> dict:
+    """Per layer of the bridge's Q-Former on one batch: query cosine after the layer; per
+    cross-attention layer, the attention entropy over the frames and the cosine between the queries'
+    updates (what the attention adds, before the residual and LayerNorm)."""
+    import math
+
+    rows, hooks, nq = {}, [], bridge.num_queries
+    for i, layer in enumerate(bridge.qformer.encoder.layer):
+        hooks.append(layer.register_forward_hook(
+            lambda mod, inp, out, i=i: rows.__setitem__(f"layer {i}: query cos", round(mean_cos(out[:, :nq]), 4))))
+        if layer.crossattention is None:
+            continue
+
+        def cross(mod, inp, out, i=i):
+            x, audio, m = inp
+            q, k, v = mod._split(mod.self.query(x)), mod._split(mod.self.key(audio)), mod._split(mod.self.value(audio))
+            logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+            if m is not None:
+                logits = logits.masked_fill(~m.unsqueeze(1), float("-inf"))
+            probs = logits.softmax(-1)
+            update = mod.output.dense((probs @ v).transpose(1, 2).reshape(x.shape))
+            rows[f"layer {i}: cross-attention entropy"] = round(attention_entropy(probs, m), 4)
+            rows[f"layer {i}: cross-attention update cos"] = round(mean_cos(update), 4)
+
+        hooks.append(layer.crossattention.register_forward_hook(cross))
+    try:
+        with torch.no_grad():
+            bridge.query_outputs(features, mask, text)
+    finally:
+        for h in hooks:
+            h.remove()
+    return dict(sorted(rows.items(), key=lambda kv: int(kv[0].split(":")[0].split()[1])))
+
+
 def query_stats(train: torch.Tensor) -> dict:
     """Similarity of the queries and spread of the standardised outputs; ``train``: [clips, queries, width]."""
     x = train.double()
-    pair = ~torch.eye(x.shape[1], dtype=torch.bool)  # distinct query pairs only
-
-    def mean_cos(v: torch.Tensor) -> float:
-        cos = torch.nn.functional.cosine_similarity(v[:, :, None], v[:, None], dim=-1)
-        return float(cos[:, pair].mean())
-
     flat = x.reshape(len(x), -1)
     z = (flat - flat.mean(0)) / (flat.std(0) + 1e-6)
     energy = torch.linalg.svdvals(z) ** 2
@@ -71,9 +120,8 @@ def probe_accuracy(x_train: torch.Tensor, y_train: list, x_test: torch.Tensor, y
     return round(100.0 * sum(classes[p] == y for p, y in zip(pred.tolist(), y_test)) / len(y_test), 1)
 
 
-def query_outputs(config: str, encoder_ckpt: str, stage1_ckpt: Optional[str],
-                  queries: Optional[torch.Tensor] = None) -> tuple[dict, torch.Tensor]:
-    """{role: (outputs [clips, queries, width], labels)} for train and test, and the query tokens used."""
+def build(config: str, encoder_ckpt: str, stage1_ckpt: Optional[str]):
+    """The stage-2 module of ``config`` (eval mode) from these checkpoints, and its datamodule, set up."""
     from bridgebench.engine.lightning_cli import run
 
     cli = run(["--config", config, f"--model.encoder_checkpoint={encoder_ckpt}",
@@ -83,7 +131,13 @@ def query_outputs(config: str, encoder_ckpt: str, stage1_ckpt: Optional[str],
     data.connect(module.data_contract())
     data.setup("fit")
     data.setup("test")
-    module.eval()
+    return module.eval(), data
+
+
+def query_outputs(config: str, encoder_ckpt: str, stage1_ckpt: Optional[str],
+                  queries: Optional[torch.Tensor] = None) -> tuple[dict, torch.Tensor]:
+    """{role: (outputs [clips, queries, width], labels)} for train and test, and the query tokens used."""
+    module, data = build(config, encoder_ckpt, stage1_ckpt)
     bridge = module.bridge
     if queries is not None:
         bridge.qformer.query_tokens.data.copy_(queries)
@@ -104,26 +158,49 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/demo_qformer.yaml", help="stage-2 preset of the bridge")
     parser.add_argument("--encoder-checkpoint", required=True)
-    parser.add_argument("--stage1-checkpoint", required=True)
+    parser.add_argument("--stage1-checkpoint", required=True, nargs="+",
+                        help="a stage-1 run's checkpoint (with --layers: one or more)")
+    parser.add_argument("--layers", action="store_true",
+                        help="per-layer query cosine and cross-attention entropy (first 64 test clips) instead")
     parser.add_argument("--out", help="also write the rows to this JSON file")
     opts = parser.parse_args(argv)
     torch.manual_seed(0)
-    variants = (("minilm", None, None), ("stage1", opts.stage1_checkpoint, None),
-                ("stage1 weights + minilm queries", opts.stage1_checkpoint, "minilm"),
+    if opts.layers:
+        rows = {}
+        for name in ["minilm", *opts.stage1_checkpoint]:
+            module, data = build(opts.config, opts.encoder_checkpoint, None if name == "minilm" else name)
+            batch = next(iter(data.test_dataloader()))
+            with torch.no_grad():
+                feats, mask = module.encode(batch)
+            rows[name] = layer_stats(module.bridge, feats.float(), mask, batch["text"])
+        print("| | " + " | ".join(rows) + " |\n|" + " --- |" * (len(rows) + 1))
+        for key in rows["minilm"]:
+            print(f"| {key} | " + " | ".join(f"{r[key]:.4f}" for r in rows.values()) + " |")
+    elif len(opts.stage1_checkpoint) > 1:
+        parser.error("--stage1-checkpoint: one checkpoint, unless --layers")
+    else:
+        rows = probe_rows(opts.config, opts.encoder_checkpoint, opts.stage1_checkpoint[0])
+    if opts.out:
+        with open(opts.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def probe_rows(config: str, encoder_ckpt: str, stage1_ckpt: str) -> dict:
+    """The four variants' query statistics and linear probes."""
+    variants = (("minilm", None, None), ("stage1", stage1_ckpt, None),
+                ("stage1 weights + minilm queries", stage1_ckpt, "minilm"),
                 ("minilm weights + stage1 queries", None, "stage1"))
     kept, rows = {}, {}
     for name, stage1, queries_of in variants:
-        outputs, kept[name] = query_outputs(opts.config, opts.encoder_checkpoint, stage1, kept.get(queries_of))
+        outputs, kept[name] = query_outputs(config, encoder_ckpt, stage1, kept.get(queries_of))
         (xtr, ytr), (xte, yte) = outputs["train"], outputs["test"]
         row = query_stats(xtr)
         for k in LABELS:
             row[f"probe_{k}"] = probe_accuracy(xtr.flatten(1), ytr[k], xte.flatten(1), yte[k])
         rows[name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
-    if opts.out:
-        with open(opts.out, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

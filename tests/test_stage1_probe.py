@@ -34,3 +34,43 @@ def test_linear_probe_reads_separable_labels_and_not_noise():
     assert probe.probe_accuracy(x[:180], labels[:180], x[180:], labels[180:]) == 100.0
     noise = torch.randn(240, 16, generator=g)
     assert probe.probe_accuracy(noise[:180], labels[:180], noise[180:], labels[180:]) < 60.0
+
+
+def test_attention_entropy_is_one_for_uniform_rows_and_zero_for_one_hot_rows():
+    uniform = torch.full((2, 3, 4, 10), 0.1)
+    assert abs(probe.attention_entropy(uniform, None) - 1.0) < 1e-6
+    one_hot = torch.zeros(2, 3, 4, 10)
+    one_hot[..., 0] = 1.0
+    assert probe.attention_entropy(one_hot, None) < 1e-6
+    # Uniform over the 5 frames a row may see (the rest is padding) is uniform too.
+    half = torch.zeros(2, 3, 4, 10)
+    half[..., :5] = 0.2
+    mask = torch.zeros(2, 1, 10, dtype=torch.bool)
+    mask[..., :5] = True
+    assert abs(probe.attention_entropy(half, mask) - 1.0) < 1e-6
+
+
+def test_layer_stats_sees_uniform_cross_attention_and_identical_queries():
+    from conftest import tiny_batch, tiny_module
+
+    m = tiny_module(encoder="mert", bridge="qformer", llm="causal").eval()
+    bridge = m.bridge
+    with torch.no_grad():
+        feats, mask = m.encode(tiny_batch(m))
+        feats = feats.float()
+        crosses = [layer.crossattention for layer in bridge.qformer.encoder.layer if layer.crossattention is not None]
+        for cross in crosses:
+            cross.self.query.weight.mul_(300.0)  # large logits: peaked attention
+        normal = probe.layer_stats(bridge, feats, mask)
+        for cross in crosses:
+            cross.self.query.weight.zero_()  # equal logits: uniform attention
+            cross.self.query.bias.zero_()
+        bridge.qformer.query_tokens.copy_(bridge.qformer.query_tokens[:, :1].expand_as(bridge.qformer.query_tokens))
+        merged = probe.layer_stats(bridge, feats, mask)
+    entropy = [k for k in normal if "entropy" in k]
+    assert len(entropy) == len(crosses) and all(normal[k] < 0.9 for k in entropy)
+    assert all(abs(merged[k] - 1.0) < 1e-4 for k in entropy)
+    cos = [k for k in merged if k.endswith("query cos")]
+    assert len(cos) == len(bridge.qformer.encoder.layer) and all(merged[k] > 0.9999 for k in cos)
+    assert all(normal[k] < 0.99 for k in cos)
+    assert not any(layer._forward_hooks for layer in bridge.qformer.encoder.layer)  # hooks removed
