@@ -148,6 +148,12 @@ def test_impossible_values_are_refused_before_anything_is_built(capsys, tmp_path
     one_error(code, err, key)
 
 
+def test_a_cross_attention_rate_on_a_bridge_without_cross_attention_is_refused(capsys, tmp_path):
+    code, err = run_main(capsys, "fit", *BASE, "--model.bridge.name=linear_pool",
+                         "--model.optimizer.lr_scale={'cross_attention': 10.0}", f"--trainer.default_root_dir={tmp_path}")
+    one_error(code, err, "model.optimizer.lr_scale.cross_attention", "linear_pool", "qformer")
+
+
 def test_every_problem_of_a_config_is_reported_at_once(capsys, tmp_path):
     code, err = run_main(capsys, "fit", *BASE, "--data.batch_size=0", "--model.optimizer.lr=-1",
                          "--model.generation.num_beams=0", "--model.bridge.name=qformr",

@@ -102,3 +102,27 @@ def test_the_shared_overlay_reaches_every_cell_and_a_cell_may_override_it(tmp_pa
     path.write_text(yaml.safe_dump({"overlay": [1], "cells": {"a": {"base": ["x.yaml"]}}}))
     with pytest.raises(ConfigError, match="'overlay' must be a mapping"):
         load_sweep(str(path))
+
+
+def test_a_shared_stage1_need_is_fitted_once_and_every_seed_starts_from_it(tmp_path, monkeypatch):
+    spec = {"seeds": [0, 1], "metrics": ["test/score", "stage1:test/score"],
+            "needs": {"s1": {"configs": ["experiments/demo_stage1.yaml"], "per_seed": False}},
+            "cells": {"a": {"base": ["experiments/demo_qformer.yaml"], "inputs": {"model.stage1_checkpoint": "s1"}}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    calls, args_of = [], {}
+    fake = fake_commands(calls)
+
+    def run(run_dir, args, commands, console, label, env=None):
+        args_of[label] = args
+        return fake(run_dir, args, commands, console, label, env)
+
+    monkeypatch.setattr(sweep_cli, "run_commands", run)
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: False)
+    assert sweep_cli.main([str(path), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]) == 0
+    assert [c[1] for c in calls if c[0] == "need s1"] == ["fit", "test"]  # once, not once per seed
+    shared = tmp_path / "runs" / "_needs" / "s1" / "checkpoints" / "last.ckpt"
+    for seed in (0, 1):
+        assert f"--model.stage1_checkpoint={shared}" in args_of[f"a seed {seed}"]
+    table = (tmp_path / "results" / "s.md").read_text()
+    assert "| a | 2 |" in table and "50 (one run)" in table and "the spread of the other columns is stage 2's" in table

@@ -348,6 +348,46 @@ def test_encoder_projection_and_cross_attention_lr_scales_give_their_weights_own
             assert "encoder" not in rates
 
 
+@pytest.mark.parametrize("bridge,stage1", [("qformer", False), ("bridgenet", False), ("qformer", True)])
+def test_cross_attention_group_holds_the_cross_attention_and_queries_only_when_scaled(bridge, stage1):
+    from bridgebench.engine.module import BridgeModule
+
+    def build(lr_scale):
+        specs = tiny_specs(encoder="mert", bridge=bridge, llm="causal")
+        kw = {}
+        if stage1:
+            specs["llm"].name = "none"
+            kw["objectives"] = {"atc": 1.0, "atm": 1.0, "atg": 1.0}
+        torch.manual_seed(0)
+        module = BridgeModule(**specs, optimizer=OptimSpec(lr=1e-4, lr_scale=lr_scale), **kw)
+        module.trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        return module, module.configure_optimizers()["optimizer"]
+
+    module, opt = build({"cross_attention": 7.0})
+    names = {id(p): n for n, p in module.named_parameters()}
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    placed = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    assert sorted(placed) == sorted(trainable)  # every trainable weight in exactly one group
+    scaled = {names[id(p)] for g in opt.param_groups if g["lr"] == pytest.approx(7e-4) for p in g["params"]}
+    cross = {n for n in trainable if n.startswith("bridge.qformer.") and
+             (".crossattention." in n or n == "bridge.qformer.query_tokens")}
+    assert scaled == cross and any(".crossattention.self.key." in n for n in cross)
+    # Unscaled, the group folds back: the optimizer's layout is the one without the group.
+    module, opt = build({})
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert all(g["lr"] == pytest.approx(1e-4) for g in opt.param_groups)
+    order = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    bridge_order = [n for n in order if n.startswith("bridge.") and not n.startswith("bridge.proj.")]
+    expected = [n for n, p in module.named_parameters() if n.startswith("bridge.") and p.requires_grad
+                and not n.startswith("bridge.proj.")]
+    assert [n for n in bridge_order if _is_matrix(module, n)] == [n for n in expected if _is_matrix(module, n)]
+    assert [n for n in bridge_order if not _is_matrix(module, n)] == [n for n in expected if not _is_matrix(module, n)]
+
+
+def _is_matrix(module, name: str) -> bool:
+    return dict(module.named_parameters())[name].ndim >= 2
+
+
 def test_t5_prompt_truncation_keeps_the_end_of_a_long_instruction_by_default():
     from transformers import AutoTokenizer
 

@@ -94,6 +94,10 @@ def model_problems(model: dict, check_files: bool = True) -> list[str]:
             out.append(f"model.optimizer.lr_scale.{group}: unknown group; the groups are {', '.join(LR_GROUPS)}")
         elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             out.append(f"model.optimizer.lr_scale.{group}: {scale!r}; it must be > 0")
+        elif group == "cross_attention" and bridge.name in TABLES["bridge"] and not TABLES["bridge"][bridge.name].stage1:
+            having = ", ".join(n for n, k in TABLES["bridge"].items() if k.stage1)
+            out.append(f"model.optimizer.lr_scale.cross_attention: the {bridge.name} bridge has no cross-attention "
+                       f"(the bridges with one: {having})")
     if len(optim.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in optim.betas):
         out.append(f"model.optimizer.betas: {list(optim.betas)}; give two numbers in [0, 1)")
 

@@ -24,6 +24,12 @@ def _numbers(runs: dict, metric: str) -> list[float]:
             and not isinstance(r.get(metric), bool) and math.isfinite(r[metric])]
 
 
+def shared_stage1(spec: dict, cell: str) -> bool:
+    """Whether every seed of ``cell`` starts from one stage-1 run (a need without ``per_seed``)."""
+    need = ((spec.get("cells") or {}).get(cell, {}).get("inputs") or {}).get("model.stage1_checkpoint")
+    return need is not None and not (spec.get("needs") or {}).get(need, {}).get("per_seed", False)
+
+
 def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> tuple[str, str, list[dict]]:
     """Markdown, CSV and the rows (for the plot) of a finished sweep."""
     metrics, chance = spec["metrics"], spec.get("chance") or {}
@@ -44,9 +50,15 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> t
     for row in rows:
         cells_md = [row["cell"], str(len(row["seeds"]))] + ([_point(row["chosen"])] if tuned else [])
         cells_md.append(f"{row['trainable_params'] / 1e6:.2f}M" if row["trainable_params"] else "n/a")
+        one_stage1 = shared_stage1(spec, row["cell"])
         for m in metrics:
             mean, std = row[m]
-            cells_md.append(f"{mean:.4g} ± {std:.2g}" if mean is not None else "n/a")
+            if mean is None:
+                cells_md.append("n/a")
+            elif one_stage1 and m.startswith("stage1:"):
+                cells_md.append(f"{mean:.4g} (one run)")  # the seeds share it: no spread to show
+            else:
+                cells_md.append(f"{mean:.4g} ± {std:.2g}")
         cells_md.append(f"{row['fit_min']:.1f}" if row["fit_min"] is not None else "n/a")
         md_rows.append(cells_md)
         csv_rows.append([row["cell"], len(row["seeds"])] + ([_point(row["chosen"])] if tuned else [])
@@ -72,6 +84,9 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> t
     if spec.get("overlay"):
         notes.append("Shared by every cell (the sweep's overlay): " + ", ".join(
             f"{k}={v}" for k, v in _dotted(spec["overlay"]).items()) + ".")
+    if any(shared_stage1(spec, r["cell"]) for r in rows) and any(m.startswith("stage1:") for m in metrics):
+        notes.append("stage1: columns are the cell's stage-1 run; \"(one run)\": every seed's stage 2 started "
+                     "from that one run, so the spread of the other columns is stage 2's.")
     if chance:
         notes.append("chance: the accuracy of guessing uniformly over the classes.")
     if failures:

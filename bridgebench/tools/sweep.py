@@ -291,7 +291,7 @@ class Sweep:
                 continue
             results = json.loads((run_dir / "metrics.json").read_text())
             stage1 = cell["inputs"].get("model.stage1_checkpoint")
-            if stage1 is not None:  # the cell's own stage-1 run: its metrics as "stage1:<name>"
+            if stage1 is not None:  # the stage-1 run this seed started from: its metrics as "stage1:<name>"
                 need_dir = self.need(stage1, seed)
                 if need_dir is not None and (need_dir / "metrics.json").is_file():
                     results.update({f"stage1:{k}": v for k, v in json.loads((need_dir / "metrics.json").read_text()).items()})
