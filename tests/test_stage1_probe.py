@@ -73,4 +73,4 @@ def test_layer_stats_sees_uniform_cross_attention_and_identical_queries():
     cos = [k for k in merged if k.endswith("query cos")]
     assert len(cos) == len(bridge.qformer.encoder.layer) and all(merged[k] > 0.9999 for k in cos)
     assert all(normal[k] < 0.99 for k in cos)
-    assert not any(layer._forward_hooks for layer in bridge.qformer.encoder.layer)  # hooks removed
+    assert not any(m._forward_hooks for m in [*bridge.qformer.encoder.layer, *crosses])  # hooks removed
