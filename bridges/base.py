@@ -7,8 +7,8 @@ the instruction (``uses_instruction``) find their own tokens in it, made by ``te
 
 What the engine needs from a bridge, declared here instead of read from parameter names:
 ``output_layer()`` (the layer into the LLM, fresh in stage 2), ``param_groups()`` (which weights
-form the groups that ``optimizer.lr_scale`` can scale: ``projection``, and a Q-Former's
-``cross_attention``) and ``init_output()`` (the
+form the groups that ``optimizer.lr_scale`` can scale: ``projection``, and those of
+``extra_groups()``, e.g. a Q-Former's ``cross_attention``) and ``init_output()`` (the
 ``output_init`` option, applied once the LLM's embedding scale is known).
 """
 
@@ -48,12 +48,24 @@ class Bridge(nn.Module):
         """The linear layer that maps into the LLM's embedding space (None without an LLM)."""
         return None
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by group: ``projection`` (the output layer) and ``body`` (the rest)."""
+    def param_groups(self, scaled: frozenset = frozenset()) -> dict[str, list[nn.Parameter]]:
+        """Parameters by group: ``projection`` (the output layer), each group of ``extra_groups()``
+        that ``scaled`` names (the groups ``optimizer.lr_scale`` sets) and ``body`` (the rest, in
+        parameter order). An extra group no scale names stays in the body, so the optimizer (and a
+        checkpoint's optimizer state) is laid out as if the group did not exist."""
         out = self.output_layer()
         own = {id(p) for p in out.parameters()} if out is not None else set()
-        return {"projection": [p for p in self.parameters() if id(p) in own],
-                "body": [p for p in self.parameters() if id(p) not in own]}
+        groups = {"projection": [p for p in self.parameters() if id(p) in own]}
+        for name, params in self.extra_groups().items():
+            if name in scaled:
+                groups[name] = params
+                own |= {id(p) for p in params}
+        groups["body"] = [p for p in self.parameters() if id(p) not in own]
+        return groups
+
+    def extra_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Learning-rate groups beyond ``projection`` that this bridge offers (a Q-Former's ``cross_attention``)."""
+        return {}
 
     @torch.no_grad()
     def init_output(self, embedding_std: float) -> None:

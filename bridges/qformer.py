@@ -354,14 +354,11 @@ class QFormerBridge(Bridge):
     def output_layer(self) -> Optional[nn.Linear]:
         return self.proj
 
-    def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Adds ``cross_attention``: the cross-attention layers and the query tokens, the parts BERT has
-        no weights for (random at the start of stage 1), so ``lr_scale`` can give them their own rate."""
-        groups = super().param_groups()
-        own = {id(p) for n, p in self.qformer.named_parameters() if ".crossattention." in n or n == "query_tokens"}
-        groups["cross_attention"] = [p for p in groups["body"] if id(p) in own]
-        groups["body"] = [p for p in groups["body"] if id(p) not in own]
-        return groups
+    def extra_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``cross_attention``: the cross-attention layers and the query tokens, the parts BERT has no
+        weights for (random at the start of stage 1), so ``lr_scale`` can give them their own rate."""
+        return {"cross_attention": [p for n, p in self.qformer.named_parameters()
+                                    if ".crossattention." in n or n == "query_tokens"]}
 
     def stage1_only_keys(self) -> tuple[str, ...]:
         # Stage-1 text-branch weights a stage-2 Q-Former has no place for (LAVIS deletes them).

@@ -394,16 +394,7 @@ class BridgeModule(L.LightningModule):
         if not self.encoder.frozen or self.encoder.trainable_when_frozen():
             groups["encoder"] = [p for p in self.encoder.parameters() if p.requires_grad]
         if self.bridge is not None:
-            declared = self.bridge.param_groups()
-            scaled = set(self.optim.lr_scale or {})
-            folded = {id(p) for name, ps in declared.items() if name not in groups and name not in scaled for p in ps}
-            if folded:
-                # A group no lr_scale names stays in the body, in the bridge's own parameter order, so the
-                # optimizer's groups (and a checkpoint's optimizer state) are what they were without it.
-                body = folded | {id(p) for p in declared["body"]}
-                declared = {k: v for k, v in declared.items() if k in groups or k in scaled}
-                declared["body"] = [p for p in self.bridge.parameters() if id(p) in body]
-            for name, params in declared.items():
+            for name, params in self.bridge.param_groups(frozenset(self.optim.lr_scale or {})).items():
                 groups.setdefault(name, []).extend(p for p in params if p.requires_grad)
         seen = {id(p) for ps in groups.values() for p in ps}
         groups["body"] += [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
