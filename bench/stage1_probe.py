@@ -19,9 +19,14 @@ cross-attention layer the entropy of its attention over the audio frames as a fr
 uniform one (1.0 = every query averages all frames alike) and how alike the queries' cross-attention
 updates are.
 
+With ``--soft-prompt RUN ...`` it reads trained stage-2 runs instead: the mean cosine between the
+soft-prompt tokens of each of the first 64 test clips, raw and with each token's mean over the clips
+taken out (what stage 2 made of the queries).
+
 Run:  python bench/stage1_probe.py --encoder-checkpoint runs/sweeps/_needs/demo_encoder/checkpoints/last.ckpt \\
           --stage1-checkpoint runs/sweeps/_needs/demo_stage1/checkpoints/last.ckpt [--out probe.json]
       python bench/stage1_probe.py --layers --encoder-checkpoint ... --stage1-checkpoint A.ckpt [B.ckpt ...]
+      python bench/stage1_probe.py --soft-prompt runs/diag/qformer_b16 [more run folders]
 Assumes a manifest with ``labels`` (music-synth) and a Q-Former or Bridge-Net preset.
 """
 
@@ -154,18 +159,49 @@ def query_outputs(config: str, encoder_ckpt: str, stage1_ckpt: Optional[str],
     return out, bridge.qformer.query_tokens.detach().clone()
 
 
+def soft_prompt_cos(run: str, clips: int = 64) -> dict:
+    """Token similarity of a trained run's soft prompt on its data's first test clips."""
+    from pathlib import Path
+
+    import yaml
+
+    from bridgebench.datamodules import AudioTextDataModule
+    from bridgebench.engine import run_folder
+    from bridgebench.engine.runs import load_run
+
+    module, _ = load_run(run)
+    config = run_folder.latest(Path(run), "fit") / "config.yaml"
+    settings = yaml.safe_load(config.read_text())["data"]  # the data the run was fitted on
+    data = AudioTextDataModule(**{**settings, "eval_batch_size": clips, "features": "audio", "num_workers": 0})
+    data.connect(module.data_contract())
+    data.setup("test")
+    with torch.no_grad():
+        soft, _ = module.soft_prompt(next(iter(data.test_dataloader())))
+    soft = soft.float()
+    return {"tokens": soft.shape[1], "token_cos": round(mean_cos(soft), 4),
+            "centered_token_cos": round(mean_cos(soft - soft.mean(0, keepdim=True)), 4)}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/demo_qformer.yaml", help="stage-2 preset of the bridge")
-    parser.add_argument("--encoder-checkpoint", required=True)
-    parser.add_argument("--stage1-checkpoint", required=True, nargs="+",
+    parser.add_argument("--soft-prompt", nargs="+", metavar="RUN",
+                        help="instead: soft-prompt token similarity of these trained stage-2 run folders")
+    parser.add_argument("--encoder-checkpoint")
+    parser.add_argument("--stage1-checkpoint", nargs="+",
                         help="a stage-1 run's checkpoint (with --layers: one or more)")
     parser.add_argument("--layers", action="store_true",
                         help="per-layer query cosine and cross-attention entropy (first 64 test clips) instead")
     parser.add_argument("--out", help="also write the rows to this JSON file")
     opts = parser.parse_args(argv)
     torch.manual_seed(0)
-    if opts.layers:
+    if opts.soft_prompt:
+        rows = {run: soft_prompt_cos(run) for run in opts.soft_prompt}
+        for run, row in rows.items():
+            print(f"{run}: {json.dumps(row)}", flush=True)
+    elif not (opts.encoder_checkpoint and opts.stage1_checkpoint):
+        parser.error("--encoder-checkpoint and --stage1-checkpoint are required (unless --soft-prompt)")
+    elif opts.layers:
         rows = {}
         for name in ["minilm", *opts.stage1_checkpoint]:
             module, data = build(opts.config, opts.encoder_checkpoint, None if name == "minilm" else name)

@@ -7,6 +7,7 @@ import importlib.util
 import os
 
 import torch
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("stage1_probe", os.path.join(ROOT, "bench", "stage1_probe.py"))
@@ -74,3 +75,16 @@ def test_layer_stats_sees_uniform_cross_attention_and_identical_queries():
     assert len(cos) == len(bridge.qformer.encoder.layer) and all(merged[k] > 0.9999 for k in cos)
     assert all(normal[k] < 0.99 for k in cos)
     assert not any(m._forward_hooks for m in [*bridge.qformer.encoder.layer, *crosses])  # hooks removed
+
+
+def test_soft_prompt_cos_reads_a_trained_run_on_its_own_data(tmp_path):
+    from bridgebench.engine.lightning_cli import run
+
+    tiny = os.path.join(ROOT, "experiments", "tiny.yaml")
+    run(["fit", "--config", os.path.join(ROOT, "experiments", "blap_stage2.yaml"), "--config", tiny,
+         f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=1"])
+    row = probe.soft_prompt_cos(str(tmp_path), clips=4)
+    config = yaml.safe_load(next(tmp_path.glob("logs/*-fit/config.yaml")).read_text())
+    assert row["tokens"] == config["model"]["bridge"]["qformer"]["num_queries"]
+    assert -1.0 <= row["centered_token_cos"] <= 1.0 and -1.0 <= row["token_cos"] <= 1.0
+    assert row["centered_token_cos"] != row["token_cos"]  # the clips' mean was taken out
