@@ -76,7 +76,7 @@ def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(
     assert str(cell / "tune" / "lr=0.001" / "checkpoints" / "last.ckpt") in tested[0][2][0]
     table = (tmp_path / "results" / "s.md").read_text()
     assert "| a | 2 | lr=0.001 |" in table and "| chance |" in table
-    assert "a: lr=0.0001: 2.0000, lr=0.001: 1.5000, lr=0.01: 3.0000" in table
+    assert "a: lr=0.0001: 2.0000, lr=0.001: 1.5000, lr=0.01: 3.0000\n" in table  # chosen inside the grid
     # A changed cell never reuses a folder made for other settings.
     spec["cells"]["a"]["data"] = {"batch_size": 4}
     path.write_text(yaml.safe_dump(spec))
@@ -126,3 +126,19 @@ def test_a_shared_stage1_need_is_fitted_once_and_every_seed_starts_from_it(tmp_p
         assert f"--model.stage1_checkpoint={shared}" in args_of[f"a seed {seed}"]
     table = (tmp_path / "results" / "s.md").read_text()
     assert "| a | 2 |" in table and "50 (one run)" in table and "the spread of the other columns is stage 2's" in table
+
+
+def test_the_table_warns_when_the_chosen_value_is_at_the_end_of_its_grid():
+    from bridgebench.evaluation.sweep_table import tabulate
+
+    grid = [{"point": {"model.optimizer.lr": lr}, "value": v} for lr, v in ((1e-4, 2.0), (1e-3, 1.5), (1e-2, 1.0))]
+    spec = {"seeds": [0], "metrics": ["m"], "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3, 1e-2]},
+                                                         "select": {"metric": "val/loss"}, "tune_seed": 0}}
+    cells = {"top": {"runs": {0: {"m": 1.0}}, "chosen": {"model.optimizer.lr": 1e-2}, "tuning": grid},
+             "mid": {"runs": {0: {"m": 1.0}}, "chosen": {"model.optimizer.lr": 1e-3}, "tuning": grid},
+             "low": {"runs": {0: {"m": 1.0}}, "chosen": {"model.optimizer.lr": 1e-4}, "tuning": grid}}
+    md = tabulate("s", spec, cells, {})[0]
+    line = {c: next(ln for ln in md.splitlines() if ln.startswith(f"- {c}:")) for c in cells}
+    assert "lr=0.01 is the grid's highest value" in line["top"] and "beyond the grid" in line["top"]
+    assert "lr=0.0001 is the grid's lowest value" in line["low"]
+    assert "grid's" not in line["mid"]

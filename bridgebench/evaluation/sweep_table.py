@@ -30,6 +30,16 @@ def shared_stage1(spec: dict, cell: str) -> bool:
     return need is not None and not (spec.get("needs") or {}).get(need, {}).get("per_seed", False)
 
 
+def _edges(row: dict) -> str:
+    """A warning for each tuned value chosen at the end of its grid (the best may lie beyond it)."""
+    out = []
+    for key, chosen in (row["chosen"] or {}).items():
+        grid = sorted({t["point"][key] for t in row["tuning"] if key in t["point"]})
+        if len(grid) > 1 and chosen in (grid[0], grid[-1]):
+            out.append(f"{key.split('.')[-1]}={chosen} is the grid's {'lowest' if chosen == grid[0] else 'highest'} value")
+    return f" ({'; '.join(out)}: the best may lie beyond the grid)" if out else ""
+
+
 def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> tuple[str, str, list[dict]]:
     """Markdown, CSV and the rows (for the plot) of a finished sweep."""
     metrics, chance = spec["metrics"], spec.get("chance") or {}
@@ -80,7 +90,7 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> t
         for row in rows:
             values = ", ".join(f"{_point(t['point'])}: {t['value']:.4f}" if t["value"] is not None
                                else f"{_point(t['point'])}: failed" for t in row["tuning"])
-            notes.append(f"- {row['cell']}: {values}")
+            notes.append(f"- {row['cell']}: {values}{_edges(row)}")
     if spec.get("overlay"):
         notes.append("Shared by every cell (the sweep's overlay): " + ", ".join(
             f"{k}={v}" for k, v in _dotted(spec["overlay"]).items()) + ".")
