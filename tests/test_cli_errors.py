@@ -232,6 +232,21 @@ def test_a_training_run_whose_every_clip_was_skipped_stops_with_one_line(capsys,
     assert all(i.startswith("val") for i in by_stage["validate"])
 
 
+def test_a_config_saved_by_another_run_never_writes_into_that_runs_checkpoints(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--trainer.max_steps=1", "--trainer.limit_val_batches=0"]
+    assert main(["fit", *BASE, f"--trainer.default_root_dir={first}", *common]) == 0
+    kept = (first / "checkpoints" / "last.ckpt").read_bytes()
+    saved = next(first.glob("logs/*-fit/config.yaml"))
+    assert str(first / "checkpoints") in saved.read_text()  # the trap: the saved config names the folder
+    capsys.readouterr()
+    assert main(["fit", "--config", str(saved), f"--trainer.default_root_dir={second}", *common,
+                 "--seed_everything=1"]) == 0
+    assert "this run's checkpoints go to" in capsys.readouterr().err
+    assert (second / "checkpoints" / "last.ckpt").is_file()
+    assert (first / "checkpoints" / "last.ckpt").read_bytes() == kept
+
+
 def test_fit_then_test_then_a_resumed_longer_fit_keep_every_row_and_each_config(tmp_path):
     from bridgebench.engine.run_folder import fit_history, invocations, read_history
 

@@ -136,7 +136,15 @@ class BridgeCLI(LightningCLI):
         callbacks = list(config.trainer.callbacks or [])
         checkpointing = [c for c in callbacks if getattr(c, "class_path", "") == CHECKPOINT]
         for callback in checkpointing:  # shared by the run's commands, not inside one command's folder
-            if callback.init_args.get("dirpath") is None:
+            given = callback.init_args.get("dirpath")
+            owner = os.path.dirname(os.path.normpath(given)) if given else None
+            if owner and os.path.abspath(owner) != os.path.abspath(root) and run_folder.is_run_folder(owner):
+                # A config saved by another run (logs/*/config.yaml) carries that run's checkpoints
+                # folder; writing there would replace its weights.
+                print(f"note: ModelCheckpoint dirpath {given} is the run folder {owner}'s; this run's checkpoints "
+                      f"go to {os.path.join(root, 'checkpoints')}", file=sys.stderr)
+                given = None
+            if given is None:
                 callback.init_args.dirpath = os.path.join(root, "checkpoints")
         if not checkpointing and config.trainer.get("enable_checkpointing", True) is not False:
             callbacks.append(Namespace(class_path=CHECKPOINT, init_args=Namespace(

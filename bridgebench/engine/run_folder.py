@@ -149,6 +149,11 @@ class ValidateResults(Callback):
             write_json(Path(trainer.log_dir) / "metrics.json", metrics)
 
 
+def is_run_folder(path: str | os.PathLike) -> bool:
+    """Whether a command of ours has run in ``path`` (it keeps a history.jsonl)."""
+    return (Path(path) / "history.jsonl").is_file()
+
+
 def latest(root: str | os.PathLike, command: str) -> Optional[Path]:
     """The newest folder of ``command`` that ended ok (per history.jsonl)."""
     ok = {r["folder"] for r in read_history(root) if r.get("event") == "ok" and r.get("command") == command}
