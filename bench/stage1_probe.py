@@ -60,8 +60,6 @@ def layer_stats(bridge, features: torch.Tensor, mask: torch.Tensor, text: Option
     """Per layer of the bridge's Q-Former on one batch: query cosine after the layer; per
     cross-attention layer, the attention entropy over the frames and the cosine between the queries'
     updates (what the attention adds, before the residual and LayerNorm)."""
-    import math
-
     rows, hooks, nq = {}, [], bridge.num_queries
     for i, layer in enumerate(bridge.qformer.encoder.layer):
         hooks.append(layer.register_forward_hook(
@@ -70,13 +68,8 @@ def layer_stats(bridge, features: torch.Tensor, mask: torch.Tensor, text: Option
             continue
 
         def cross(mod, inp, out, i=i):
-            x, audio, m = inp
-            q, k, v = mod._split(mod.self.query(x)), mod._split(mod.self.key(audio)), mod._split(mod.self.value(audio))
-            logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-            if m is not None:
-                logits = logits.masked_fill(~m.unsqueeze(1), float("-inf"))
-            probs = logits.softmax(-1)
-            update = mod.output.dense((probs @ v).transpose(1, 2).reshape(x.shape))
+            probs, update = mod.explicit(*inp)
+            m = inp[2]
             rows[f"layer {i}: cross-attention entropy"] = round(attention_entropy(probs, m), 4)
             rows[f"layer {i}: cross-attention update cos"] = round(mean_cos(update), 4)
 
@@ -163,15 +156,11 @@ def soft_prompt_cos(run: str, clips: int = 64) -> dict:
     """Token similarity of a trained run's soft prompt on its data's first test clips."""
     from pathlib import Path
 
-    import yaml
-
     from bridgebench.datamodules import AudioTextDataModule
-    from bridgebench.engine import run_folder
-    from bridgebench.engine.runs import load_run
+    from bridgebench.engine.runs import load_run, run_data
 
     module, _ = load_run(run)
-    config = run_folder.latest(Path(run), "fit") / "config.yaml"
-    settings = yaml.safe_load(config.read_text())["data"]  # the data the run was fitted on
+    settings = run_data(Path(run))  # the data the run was fitted on
     data = AudioTextDataModule(**{**settings, "eval_batch_size": clips, "features": "audio", "num_workers": 0})
     data.connect(module.data_contract())
     data.setup("test")

@@ -38,14 +38,18 @@ def checkpoint_file(ref: str, option: str = "--ckpt", exports: bool = False) -> 
     return os.path.join(ref, "checkpoints", "last.ckpt") if os.path.isdir(ref) else ref
 
 
-def run_instruction(run_dir: Path) -> Optional[str]:
-    """The first caption instruction of the fit that trained a run (None if unknown)."""
+def run_data(run_dir: Path) -> dict:
+    """The ``data:`` settings of the fit that trained a run ({} if unknown)."""
     fit = run_folder.latest(run_dir, "fit")
     for config in ([fit / "config.yaml"] if fit else []) + [run_dir / "config.yaml"]:
         if config.is_file():
-            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-            return (data.get("instructions") or [None])[0]
-    return None
+            return (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return {}
+
+
+def run_instruction(run_dir: Path) -> Optional[str]:
+    """The first caption instruction of the fit that trained a run (None if unknown)."""
+    return (run_data(run_dir).get("instructions") or [None])[0]
 
 
 def _eval_precision(hparams: dict) -> dict:
