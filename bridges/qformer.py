@@ -19,6 +19,7 @@ Attention runs through ``scaled_dot_product_attention`` (flash/SDPA kernels wher
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -52,9 +53,24 @@ class QFormerAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
+    def _qkv(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._split(self.self.query(x)), self._split(self.self.key(context)), self._split(self.self.value(context))
+
+    def explicit(self, x: torch.Tensor, context: torch.Tensor,
+                 mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention probabilities [B, heads, Lq, Lk] and the update (``output.dense`` of the attended
+        values, before dropout, residual and LayerNorm), without SDPA (which keeps no probabilities):
+        for analysis (bench/stage1_probe.py), not training."""
+        q, k, v = self._qkv(x, context)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        probs = logits.softmax(-1)
+        return probs, self.output.dense((probs @ v).transpose(1, 2).reshape(x.shape))
+
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """``mask``: bool [B, 1 or Lq, Lk], True = may attend."""
-        q, k, v = self._split(self.self.query(x)), self._split(self.self.key(context)), self._split(self.self.value(context))
+        q, k, v = self._qkv(x, context)
         attn_mask = mask.unsqueeze(1) if mask is not None else None
         p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)

@@ -60,6 +60,12 @@ def test_layer_stats_sees_uniform_cross_attention_and_identical_queries():
         feats, mask = m.encode(tiny_batch(m))
         feats = feats.float()
         crosses = [layer.crossattention for layer in bridge.qformer.encoder.layer if layer.crossattention is not None]
+        # The probe's explicit attention is the layer's own: residual + LayerNorm of its update = forward.
+        x = torch.randn(feats.shape[0], bridge.num_queries, bridge.hidden_size)
+        audio, cross_mask = bridge.ln_audio(feats), mask.bool().unsqueeze(1)
+        probs, update = crosses[0].explicit(x, audio, cross_mask)
+        torch.testing.assert_close(crosses[0].output.LayerNorm(update + x), crosses[0](x, audio, cross_mask))
+        assert torch.allclose(probs.sum(-1), torch.ones(()))
         for cross in crosses:
             cross.self.query.weight.mul_(300.0)  # large logits: peaked attention
         normal = probe.layer_stats(bridge, feats, mask)
