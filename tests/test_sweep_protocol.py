@@ -142,3 +142,38 @@ def test_the_table_warns_when_the_chosen_value_is_at_the_end_of_its_grid():
     assert "lr=0.01 is the grid's highest value" in line["top"] and "beyond the grid" in line["top"]
     assert "lr=0.0001 is the grid's lowest value" in line["low"]
     assert "grid's" not in line["mid"]
+
+
+def test_a_grid_given_as_points_is_tried_as_given_and_the_chosen_point_reaches_every_seed(tmp_path, monkeypatch):
+    from bridgebench.tools.sweep_spec import load_sweep
+
+    # Settings that move together: a body rate and an output-layer scale keeping the output layer at 1e-2.
+    points = [{"model.optimizer.lr": lr, "model.optimizer.lr_scale.projection": 1e-2 / lr} for lr in (1e-4, 1e-3, 1e-2)]
+    spec = {"seeds": [0, 1], "metrics": ["test/score"],
+            "protocol": {"tune": points, "select": "val/loss", "tune_seed": 0},
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"]},
+                      "b": {"base": ["experiments/demo_linear_pool.yaml"], "tune": points[:2]}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cells = load_sweep(str(path))["cells"]
+    assert cells["a"]["tune"] == points and cells["b"]["tune"] == points[:2]  # a cell's list replaces, not merges
+    calls = []
+    monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: False)
+    assert sweep_cli.main([str(path), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]) == 0
+    assert len([c for c in calls if c[0].startswith("a tune")]) == 3 * 2  # 3 points (fit + validate), not 9
+    assert len([c for c in calls if c[0].startswith("b tune")]) == 2 * 2
+    protocol = json.loads((tmp_path / "runs" / "s" / "a" / "protocol.json").read_text())
+    assert protocol["chosen"] == points[1]
+    seed1 = yaml.safe_load((tmp_path / "runs" / "s" / "a" / "seed1" / "sweep_overlay.yaml").read_text())
+    assert seed1["model"]["optimizer"]["lr"] == 1e-3 and seed1["model"]["optimizer"]["lr_scale"]["projection"] == 10.0
+    table = (tmp_path / "results" / "s.md").read_text()
+    assert "from the grid points lr=0.0001, projection=100.0; lr=0.001, projection=10.0;" in table
+    # Every problem of a points list at once.
+    spec["protocol"]["tune"] = [{"model.optimizer.lr": 1e-3}, {"model.optimizer.lr_scale.projection": 10.0}]
+    spec["cells"]["b"]["tune"] = [{}]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError) as err:
+        load_sweep(str(path))
+    assert "cell 'a' tune: every point must set the same keys" in str(err.value)
+    assert "cell 'b' tune: a list of points must hold non-empty mappings" in str(err.value)

@@ -40,6 +40,12 @@ def _edges(row: dict) -> str:
     return f" ({'; '.join(out)}: the best may lie beyond the grid)" if out else ""
 
 
+def _grid_text(tune) -> str:
+    if isinstance(tune, list):  # points tried as given, not combined
+        return "points " + "; ".join(_point(p) for p in tune)
+    return str({k: v for k, v in (tune or {}).items()})
+
+
 def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> tuple[str, str, list[dict]]:
     """Markdown, CSV and the rows (for the plot) of a finished sweep."""
     metrics, chance = spec["metrics"], spec.get("chance") or {}
@@ -83,7 +89,7 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> t
         select = protocol.get("select", {})
         grid = {k: v for r in rows for k, v in (r["chosen"] or {}).items()}
         notes.append(f"Protocol: for every cell, {', '.join(sorted(grid))} chosen from the grid "
-                     f"{ {k: v for k, v in (protocol.get('tune') or {}).items()} } (plus any cell-specific entries) by "
+                     f"{_grid_text(protocol.get('tune'))} (plus any cell-specific entries) by "
                      f"{select.get('metric')} ({select.get('mode', 'min')}) on the validation split at seed "
                      f"{protocol.get('tune_seed')}, with the same data, encoder, LLM and step budget; the test split "
                      "is never used to choose. Grid values per cell:")

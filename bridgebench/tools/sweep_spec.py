@@ -3,7 +3,8 @@
 See ``bridgebench.tools.sweep`` for what a sweep runs. This module only reads and normalises the
 file: needs (``{configs, overlay, per_seed, inputs}``), cells (``{base, inputs, tune, setting_of,
 test_of, <config keys>}``), the shared ``overlay`` (config keys every cell gets first: the protocol's
-budget), the protocol (``{tune, select, tune_seed}``), seeds, metrics, chance.
+budget), the protocol (``{tune, select, tune_seed}``; ``tune`` a mapping of keys to value lists, whose every
+combination is tried, or a list of points), seeds, metrics, chance.
 """
 
 from __future__ import annotations
@@ -91,10 +92,14 @@ def load_sweep(path: str) -> dict:
                                 "listed before it")
         # An ablation row takes the setting the protocol chose for the cell it ablates; a test-only
         # row tests that cell's runs under its own (data) overlay.
-        tune = {} if setting_of or test_of else {**protocol["tune"], **(cell.pop("tune", None) or {})}
-        for key, values in tune.items():
-            if not isinstance(values, list) or not values:
-                problems.append(f"sweep file {path}: cell '{name}' tune {key}: give a non-empty list of values")
+        own = cell.pop("tune", None)
+        if setting_of or test_of:
+            tune = {}
+        elif isinstance(own, list) or isinstance(protocol["tune"], list):
+            tune = own if own is not None else protocol["tune"]  # a list of points is taken whole, not merged
+        else:
+            tune = {**protocol["tune"], **(own or {})}
+        problems += tune_problems(tune, f"sweep file {path}: cell '{name}' tune")
         cells[name] = {"base": base, "inputs": inputs, "tune": tune, "overlay": cell,
                        "setting_of": setting_of or test_of, "test_of": test_of}
     for name, need in needs.items():
@@ -135,8 +140,26 @@ def merge(a: dict, b: dict) -> dict:
     return out
 
 
-def grid(tune: dict) -> list[dict]:
-    """Every combination of a tune grid, as dotted-key dicts (one empty dict for no grid)."""
+def tune_problems(tune, where: str) -> list[str]:
+    """What is wrong with a tune grid: either ``{key: [values]}`` (every combination is tried) or a list
+    of points ``[{key: value, ...}, ...]`` (tried as given: settings that move together, such as a body
+    rate and an output-layer scale that keep the output layer's own rate fixed)."""
+    if isinstance(tune, list):
+        if not tune or not all(isinstance(p, dict) and p for p in tune):
+            return [f"{where}: a list of points must hold non-empty mappings of config keys to values"]
+        keys = {tuple(sorted(p)) for p in tune}
+        return [] if len(keys) == 1 else [f"{where}: every point must set the same keys (found {sorted(keys)})"]
+    if not isinstance(tune, dict):
+        return [f"{where}: give a mapping of keys to value lists, or a list of points"]
+    return [f"{where} {key}: give a non-empty list of values" for key, values in tune.items()
+            if not isinstance(values, list) or not values]
+
+
+def grid(tune) -> list[dict]:
+    """The points of a tune grid as dotted-key dicts: a list of points as given, a mapping's every
+    combination (one empty dict for no grid)."""
+    if isinstance(tune, list):
+        return [dict(p) for p in tune]
     keys = list(tune)
     return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))]
 
