@@ -32,7 +32,8 @@ def fake_commands(calls):
             folder = logs / f"{n:02d}-{command[0]}"
             folder.mkdir(parents=True)
             with open(run_dir / "history.jsonl", "a") as f:
-                f.write(json.dumps({"folder": f"logs/{folder.name}", "command": command[0], "event": "ok"}) + "\n")
+                f.write(json.dumps({"folder": f"logs/{folder.name}", "command": command[0], "event": "ok",
+                                    "seconds": 60.0}) + "\n")
             if command[0] == "fit":
                 (run_dir / "checkpoints").mkdir(exist_ok=True)
                 (run_dir / "checkpoints" / "last.ckpt").write_text("x")
@@ -77,6 +78,9 @@ def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(
     table = (tmp_path / "results" / "s.md").read_text()
     assert "| a | 2 | lr=0.001 |" in table and "| chance |" in table
     assert "a: lr=0.0001: 2.0000, lr=0.001: 1.5000, lr=0.01: 3.0000\n" in table  # chosen inside the grid
+    # Every command the table rests on, a minute each: 3 tuning fits + validations, seed 0's test, seed 1's
+    # fit + test, the ablation row's 2 fits + 2 tests, the test-only row's 2 tests.
+    assert "Compute: 15.0 wall minutes of commands in all (cells fit 6.0, cells test 6.0, cells validate 3.0)" in table
     # A changed cell never reuses a folder made for other settings.
     spec["cells"]["a"]["data"] = {"batch_size": 4}
     path.write_text(yaml.safe_dump(spec))
@@ -177,3 +181,15 @@ def test_a_grid_given_as_points_is_tried_as_given_and_the_chosen_point_reaches_e
         load_sweep(str(path))
     assert "cell 'a' tune: every point must set the same keys" in str(err.value)
     assert "cell 'b' tune: a list of points must hold non-empty mappings" in str(err.value)
+
+
+def test_command_seconds_sums_resumed_attempts_and_counts_killed_commands(tmp_path):
+    from bridgebench.engine.run_folder import command_seconds
+
+    rows = [{"folder": "logs/01-fit", "command": "fit", "event": "started"},
+            {"folder": "logs/01-fit", "command": "fit", "event": "failed", "seconds": 30.0},
+            {"folder": "logs/02-fit", "command": "fit", "event": "started"},
+            {"folder": "logs/02-fit", "command": "fit", "event": "ok", "seconds": 90.0},
+            {"folder": "logs/03-test", "command": "test", "event": "started"}]  # killed: no end
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert command_seconds(tmp_path) == ({"fit": 120.0}, 1)

@@ -176,6 +176,20 @@ def read_history(root: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def command_seconds(root: str | os.PathLike) -> tuple[dict[str, float], int]:
+    """Wall seconds each command of the run took, summed over its attempts (a resumed fit counts every
+    part), and how many commands started without an end on record (killed: their time is unknown)."""
+    seconds: dict[str, float] = {}
+    started, ended = set(), set()
+    for row in read_history(root):
+        if row.get("event") == "started":
+            started.add(row.get("folder"))
+        elif isinstance(row.get("seconds"), (int, float)):
+            ended.add(row.get("folder"))
+            seconds[row.get("command", "?")] = seconds.get(row.get("command", "?"), 0.0) + float(row["seconds"])
+    return seconds, len(started - ended)
+
+
 def fit_history(root: str | os.PathLike) -> list[dict]:
     """Every metrics row of the run's fit commands, in order (a resumed fit's rows follow the first's),
     each with the ``folder`` it came from."""

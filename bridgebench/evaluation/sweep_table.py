@@ -46,8 +46,21 @@ def _grid_text(tune) -> str:
     return str({k: v for k, v in (tune or {}).items()})
 
 
-def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> tuple[str, str, list[dict]]:
-    """Markdown, CSV and the rows (for the plot) of a finished sweep."""
+def _compute_text(compute: dict) -> str:
+    minutes = compute.get("minutes") or {}
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(minutes.items()) if v > 0)
+    text = (f"Compute: {sum(minutes.values()):.1f} wall minutes of commands in all ({parts}), summed over "
+            "resumed attempts; the sweep's own bookkeeping between commands is not counted.")
+    if compute.get("interrupted"):
+        text += (f" {compute['interrupted']} command(s) were killed before their end (a stopped session); "
+                 "their time is not known and not counted.")
+    return text
+
+
+def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
+             compute: Optional[dict] = None) -> tuple[str, str, list[dict]]:
+    """Markdown, CSV and the rows (for the plot) of a finished sweep; ``compute``: the wall minutes of
+    its commands (``Sweep.compute``), noted under the table."""
     metrics, chance = spec["metrics"], spec.get("chance") or {}
     protocol = spec.get("protocol") or {}
     rows = []
@@ -105,6 +118,8 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict) -> t
                      "from that one run, so the spread of the other columns is stage 2's.")
     if chance:
         notes.append("chance: the accuracy of guessing uniformly over the classes.")
+    if compute and compute.get("minutes"):
+        notes.append(_compute_text(compute))
     if failures:
         notes += ["", "Failed runs (not in the means):"] + [f"- {k}: {v}" for k, v in failures.items()]
     csv_header = ["cell", "seeds"] + (["chosen"] if tuned else []) + ["trainable_params"] + \

@@ -151,6 +151,7 @@ class Sweep:
         self.failures: dict[str, str] = {}
         self.need_runs: dict[tuple, Optional[Path]] = {}
         self.results: dict[str, dict] = {}
+        self.folders: dict[Path, None] = {}  # every run folder this sweep used, in order (for its compute time)
 
     def configs(self, paths: list[str]) -> list[str]:
         return [resolve_config(p, self.opts.sweep) for p in paths + self.tiny]
@@ -195,6 +196,7 @@ class Sweep:
     def fit_and(self, run_dir: Path, configs: list[str], overlay: dict, args: list[str], after: list[str],
                 label: str) -> Optional[str]:
         """Fit (resuming an interrupted fit) unless done, then the ``after`` commands not yet done."""
+        self.folders[run_dir] = None
         overlay_path = write_overlay(run_dir, overlay)
         common = config_args(configs, overlay_path) + [f"--trainer.default_root_dir={run_dir}", *args, *self.opts.args]
         todo = []
@@ -306,6 +308,7 @@ class Sweep:
         return out
 
     def test_only(self, run_dir: Path, configs: list[str], overlay: dict, args: list[str], label: str) -> Optional[str]:
+        self.folders[run_dir] = None
         if step_done(run_dir, "test"):
             self.console.say(f"{label}: done earlier ({run_dir})")
             return None
@@ -314,6 +317,22 @@ class Sweep:
                                                                           *args, *self.opts.args]
         env = {"BRIDGEBENCH_QUIET": "1"} if self.opts.quiet else {}
         return run_commands(run_dir, common, [["test"]], self.console, label, env)[0]
+
+    def compute(self) -> dict:
+        """Wall minutes of every command the sweep's results rest on (needs, tuning runs, seeds), from
+        the run folders' histories: what a clean run of the whole sweep costs, however many times it
+        was resumed."""
+        from bridgebench.engine.run_folder import command_seconds
+
+        total: dict[str, float] = {}
+        interrupted = 0
+        for run_dir in self.folders:
+            seconds, killed = command_seconds(run_dir)
+            interrupted += killed
+            part = "needs" if run_dir.is_relative_to(self.runs / "_needs") else "cells"
+            for command, s in seconds.items():
+                total[f"{part} {command}"] = total.get(f"{part} {command}", 0.0) + s / 60
+        return {"minutes": total, "interrupted": interrupted}
 
     def load_protocol(self, name: str) -> Optional[dict]:
         path = self.runs / self.opts.name / slug(name) / "protocol.json"
@@ -364,7 +383,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in spec["cells"]:
         sweep.results[name] = sweep.cell(name)
     cells = sweep.results
-    md, table_csv, rows = tabulate(opts.name, spec, cells, sweep.failures)
+    md, table_csv, rows = tabulate(opts.name, spec, cells, sweep.failures, sweep.compute())
     atomic_write(out / f"{opts.name}.md", md)
     atomic_write(out / f"{opts.name}.csv", table_csv)
     plot(out / f"{opts.name}.png", opts.name, spec, rows)
