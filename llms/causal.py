@@ -63,11 +63,21 @@ class CausalText:
     def __call__(self, instructions: list[str], targets: Optional[list[str]] = None) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         before, after = self.template.split(AUDIO_SLOT, 1)
+        # A template that ends in a space (MusiLingo's "###Assistant: ", MINT's "... is ") means the
+        # answer follows as the next word. Tokenised apart, a byte-level BPE (SmolLM2) turns that space
+        # into a lone token and the answer's first word into pieces no text has ("Ġ" + "p" "iano"
+        # instead of "Ġpiano"), which a frozen LLM reads badly. So the space is cut from the prompt and
+        # the answer is tokenised as it follows the prompt in running text. (LLaMA's SentencePiece gives
+        # MusiLingo a whole-word token after its lone "▁"; this gives every tokeniser the whole word.)
+        spaced = after.endswith(" ")
         bos = [tok.bos_token_id] if self.add_bos and tok.bos_token_id is not None else []
-        pre, post = [], []
+        pre, post, cues = [], [], []
         for instruction in instructions:
             pre.append(bos + tok(before.format(instruction=instruction), add_special_tokens=False).input_ids)
-            ids = tok(after.format(instruction=instruction), add_special_tokens=False).input_ids
+            cue = after.format(instruction=instruction)
+            cue = cue.rstrip(" ") if spaced else cue
+            ids = tok(cue, add_special_tokens=False).input_ids
+            cues.append((cue, ids))
             post.append(ids[-self.max_prompt_tokens:])  # keep the end: it holds the assistant cue
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         out = {}
@@ -75,15 +85,25 @@ class CausalText:
         out["post_ids"], out["post_mask"] = pad_right(post, pad, self.length_buckets)
         if targets is not None:
             answers = []
-            for target in targets:
+            for (cue, cue_ids), target in zip(cues, targets):
+                text = target + (self.end_symbol or "")
+                ids = self.following(cue, cue_ids, text) if spaced else tok(text, add_special_tokens=False).input_ids
                 if self.end_symbol is None:
-                    ids = tok(target, add_special_tokens=False).input_ids[: self.max_target_tokens - 1]
-                    ids = ids + [tok.eos_token_id]
+                    ids = ids[: self.max_target_tokens - 1] + [tok.eos_token_id]
                 else:
-                    ids = tok(target + self.end_symbol, add_special_tokens=False).input_ids[: self.max_target_tokens]
+                    ids = ids[: self.max_target_tokens]
                 answers.append(ids)
             out["target_ids"], out["target_mask"] = pad_right(answers, pad, self.length_buckets)
         return out
+
+    def following(self, cue: str, cue_ids: list[int], text: str) -> list[int]:
+        """The ids of ``text`` as it is tokenised after ``cue`` and one space in running text."""
+        joint = self.tokenizer(cue + " " + text, add_special_tokens=False).input_ids
+        if joint[: len(cue_ids)] == cue_ids:
+            return joint[len(cue_ids):]
+        # The cue's last token merged with what follows (rare: the cue ends in punctuation or a word);
+        # then the answer is tokenised with its leading space on its own.
+        return self.tokenizer(" " + text, add_special_tokens=False).input_ids
 
 
 def pack(embeds: torch.Tensor, mask: torch.Tensor, labels: Optional[torch.Tensor], left: bool):

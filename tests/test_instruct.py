@@ -112,3 +112,32 @@ def test_qa_instructions_replace_the_wording_of_their_question_type():
     ds = train.dataset("train")
     asked = [ds[(i, e)] for i in range(len(ds)) for e in range(3) if ds.examples[i].qa is not None]
     assert all(it["instruction"] == mint[it["qa_type"]] for it in asked if it["qa_type"] in mint)
+
+
+@pytest.mark.parametrize("template", ["###Human: <Audio><AudioHere></Audio> {instruction} ###Assistant: ",
+                                      "<AudioHere>{instruction} "])
+def test_a_template_ending_in_a_space_gets_the_answer_as_the_next_word_of_running_text(template):
+    # MusiLingo's and MINT's templates end in a space. Tokenised apart, a byte-level BPE makes it a
+    # lone token and splits the answer's first word in a way no text does; the answer must get the ids
+    # it has after the prompt in running text, the prompt none for the space.
+    from transformers import AutoTokenizer
+
+    from bridgebench.llms.causal import AUDIO_SLOT, CausalText
+    from bridgebench.runtime.tiny import tiny_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint("llama"))
+    text = CausalText(tok, template, end_symbol="###" if "###" in template else None, add_bos=False,
+                      max_prompt_tokens=64, max_target_tokens=48)
+    question, answer = "What is the lead instrument?", "electric piano and soft drums"
+    out = text([question], [answer])
+    cue = template.split(AUDIO_SLOT, 1)[1].format(instruction=question)
+    post = out["post_ids"][0][out["post_mask"][0].bool()].tolist()
+    target = out["target_ids"][0][out["target_mask"][0].bool()].tolist()
+    running = tok(cue + answer + (text.end_symbol or ""), add_special_tokens=False).input_ids
+    assert post + (target if text.end_symbol else target[:-1]) == running
+    assert tok.convert_ids_to_tokens(post)[-1] != tok.convert_ids_to_tokens(tok(" ").input_ids)[-1]
+    assert target[: len(tok(" electric", add_special_tokens=False).input_ids)] == tok(" electric", add_special_tokens=False).input_ids
+    # Without the trailing space (the chat templates) nothing changes: the answer is tokenised alone.
+    plain = CausalText(tok, template.rstrip(" ") + "\n", end_symbol=None, add_bos=False, max_prompt_tokens=64,
+                       max_target_tokens=48)([question], [answer])
+    assert plain["target_ids"][0][plain["target_mask"][0].bool()].tolist()[:-1] == tok(answer, add_special_tokens=False).input_ids
