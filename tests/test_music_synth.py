@@ -351,3 +351,43 @@ def test_full_set_renders_in_under_three_minutes(tmp_path):
     print(f"music-synth 2000 x 10 s: {took:.1f} s ({1000 * took / 2000:.0f} ms/clip wall), {size / 1e6:.0f} MB")
     assert len(rows) == 2000 and took < 180
     assert size == 2000 * (44 + 2 * 10 * SR)
+
+
+def test_sweep_chance_levels_are_what_a_deaf_model_reaches():
+    # The chance line of a table is what a model that ignores the audio reaches on the 200 test clips of
+    # builtin:music-synth (2,000 clips of 10 s, seed 0): the higher of uniform guessing and always
+    # answering the training split's most frequent label. Labels come from the composition alone.
+    import collections
+
+    import yaml
+
+    from bridgebench.evaluation.answers import answer_correct
+
+    rows = [ms.clip_row(0, i, 10.0) for i in range(2000)]
+    train = [r["labels"] for r in rows if r["split"] == "train"]
+    test = [r["labels"] for r in rows if r["split"] == "test"]
+    assert len(test) == 200
+
+    def label(labels, kind):
+        return f"{labels['key']} {labels['mode']}" if kind == "key" else labels[kind]
+
+    def deaf(kind):
+        if kind == "bpm":
+            best = max(range(40, 220), key=lambda b: sum(answer_correct("bpm", f"{b} bpm", f"{x['bpm']} bpm") for x in train))
+            return 100 * sum(answer_correct("bpm", f"{best} bpm", f"{x['bpm']} bpm") for x in test) / len(test)
+        common = collections.Counter(label(x, kind) for x in train).most_common(1)[0][0]
+        uniform = 100 / len({label(x, kind) for x in train})
+        return max(uniform, 100 * sum(label(x, kind) == common for x in test) / len(test))
+
+    checked = 0
+    for name in ("demo", "demo_bridges", "loss_ablation", "demo_instruct"):
+        spec = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "sweeps",
+                                                f"{name}.yaml")))
+        for metric, value in spec["chance"].items():
+            kind = next((k for k in ("instrument", "genre", "tempo_class", "bpm", "key", "mode", "dynamics")
+                         if f"/{k}/" in metric or metric.endswith(f"acc_{k}") or f"classify_{k}_" in metric), None)
+            if kind is None:
+                continue  # retrieval: 1 in 200
+            assert value == pytest.approx(deaf(kind), abs=0.05), (name, metric)
+            checked += 1
+    assert checked >= 20
