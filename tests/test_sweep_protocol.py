@@ -193,3 +193,26 @@ def test_command_seconds_sums_resumed_attempts_and_counts_killed_commands(tmp_pa
             {"folder": "logs/03-test", "command": "test", "event": "started"}]  # killed: no end
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert command_seconds(tmp_path) == ({"fit": 120.0}, 1)
+
+
+def test_an_ablation_row_is_not_run_when_its_cell_chose_nothing(tmp_path, monkeypatch):
+    # Every grid point of "a" fails: "a" has no setting, so its ablation row must not be fitted at the
+    # preset's own rate (a silent default) but reported as not run.
+    spec = {"seeds": [0], "metrics": ["test/score"], "chance": {"test/score": 8.3},
+            "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3]}, "select": "val/loss", "tune_seed": 0},
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"]},
+                      "a_blind": {"setting_of": "a", "data": {"bridge_instruction": ""}}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    calls = []
+
+    def failing(run_dir, args, commands, console, label, env=None):
+        calls.append(label)
+        return "fit failed: loss is nan", {}
+    monkeypatch.setattr(sweep_cli, "run_commands", failing)
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: False)
+    code = sweep_cli.main([str(path), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+    assert code != 0
+    assert calls and all(label.startswith("a ") for label in calls), calls
+    assert not (tmp_path / "runs" / "s" / "a_blind").exists()
+    assert "a_blind" in (tmp_path / "results" / "s.md").read_text()

@@ -239,7 +239,10 @@ class Sweep:
         chosen_dir = None
         if cell["setting_of"]:
             other = self.results.get(cell["setting_of"]) or self.load_protocol(cell["setting_of"])
-            if other is None:
+            # A tuned cell whose every point failed has chosen nothing: the ablation would silently run at
+            # its preset's rate, so it is reported as not run instead.
+            tuned = bool(self.spec["cells"][cell["setting_of"]]["tune"])
+            if other is None or (tuned and not other["chosen"]):
                 self.failures[name] = f"not run: cell {cell['setting_of']} has chosen no setting yet; run it first"
                 return out
             out["chosen"] = other["chosen"]
