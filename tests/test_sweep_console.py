@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from bridgebench.evaluation import sweep_table
@@ -141,3 +142,20 @@ def test_on_a_terminal_the_progress_is_one_line_redrawn_within_its_width(capsys,
     assert all(len(r) == 79 for r in redraws)
     Console(quiet=True).status("x fit", "[progress] fit 1/2 steps")
     assert capsys.readouterr().out == ""
+
+
+def test_the_table_says_what_its_chance_levels_are_and_a_bad_note_is_refused(tmp_path):
+    from bridgebench.errors import ConfigError
+    from bridgebench.tools.sweep_spec import load_sweep
+
+    cells = _cells({"a": {0: {"test/acc": 40.0}}})
+    spec = {"seeds": [0], "metrics": ["test/acc"], "chance": {"test/acc": 43.5},
+            "chance_note": "always the most frequent answer."}
+    md, _, _ = sweep_table.tabulate("t", spec, cells, {})
+    assert "| chance |" in md and "43.5" in md and "chance: always the most frequent answer." in md
+    md, _, _ = sweep_table.tabulate("t", {**spec, "chance_note": None}, cells, {})
+    assert "chance: the level the sweep file gives per metric." in md
+    path = tmp_path / "s.yaml"
+    path.write_text("cells: {a: {base: [x.yaml]}}\nchance: {test/acc: 1}\nchance_note: 3\n")
+    with pytest.raises(ConfigError, match="chance_note must be a sentence"):
+        load_sweep(str(path))

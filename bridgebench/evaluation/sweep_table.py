@@ -117,7 +117,7 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
         notes.append("stage1: columns are the cell's stage-1 run; \"(one run)\": every seed's stage 2 started "
                      "from that one run, so the spread of the other columns is stage 2's.")
     if chance:
-        notes.append("chance: the accuracy of guessing uniformly over the classes.")
+        notes.append("chance: " + (spec.get("chance_note") or "the level the sweep file gives per metric."))
     if compute and compute.get("minutes"):
         notes.append(_compute_text(compute))
     if failures:

@@ -4,7 +4,8 @@ See ``bridgebench.tools.sweep`` for what a sweep runs. This module only reads an
 file: needs (``{configs, overlay, per_seed, inputs}``), cells (``{base, inputs, tune, setting_of,
 test_of, <config keys>}``), the shared ``overlay`` (config keys every cell gets first: the protocol's
 budget), the protocol (``{tune, select, tune_seed}``; ``tune`` a mapping of keys to value lists, whose every
-combination is tried, or a list of points), seeds, metrics, chance.
+combination is tried, or a list of points), seeds, metrics, chance (and chance_note, the sentence
+the table prints to say what those levels are).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def load_sweep(path: str) -> dict:
     spec.setdefault("seeds", [0])
     spec.setdefault("metrics", ["test/loss"])
     spec.setdefault("chance", {})
+    spec.setdefault("chance_note", None)
+    if spec["chance_note"] is not None and not (isinstance(spec["chance_note"], str) and spec["chance_note"].strip()):
+        problems.append(f"sweep file {path}: chance_note must be a sentence saying what the chance levels are")
     needs = {}
     for name, need in (spec.get("needs") or {}).items():
         need = {"configs": need} if isinstance(need, (list, str)) else dict(need or {})
