@@ -78,6 +78,8 @@ def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(
     table = (tmp_path / "results" / "s.md").read_text()
     assert "| a | 2 | lr=0.001 |" in table and "| chance |" in table
     assert "a: lr=0.0001: 2.0000, lr=0.001: 1.5000, lr=0.01: 3.0000\n" in table  # chosen inside the grid
+    assert "- a_blind: not tuned, the setting chosen for a\n" in table
+    assert "- a_blind_test: not tuned, the setting chosen for a\n" in table
     # Every command the table rests on, a minute each: 3 tuning fits + validations, seed 0's test, seed 1's
     # fit + test, the ablation row's 2 fits + 2 tests, the test-only row's 2 tests.
     assert "Compute: 15.0 wall minutes of commands in all (cells fit 6.0, cells test 6.0, cells validate 3.0)" in table
