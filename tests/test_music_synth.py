@@ -381,8 +381,8 @@ def test_sweep_chance_levels_are_what_a_deaf_model_reaches():
 
     checked = 0
     for name in ("demo", "demo_bridges", "loss_ablation", "demo_instruct"):
-        spec = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "sweeps",
-                                                f"{name}.yaml")))
+        spec = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                                "experiments", "sweeps", f"{name}.yaml")))
         for metric, value in spec["chance"].items():
             kind = next((k for k in ("instrument", "genre", "tempo_class", "bpm", "key", "mode", "dynamics")
                          if f"/{k}/" in metric or metric.endswith(f"acc_{k}") or f"classify_{k}_" in metric), None)

@@ -108,8 +108,9 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
                      "is never used to choose. Grid values per cell:")
         for row in rows:
             cell = (spec.get("cells") or {}).get(row["cell"]) or {}
-            if not row["tuning"] and (cell.get("setting_of") or cell.get("test_of")):
-                notes.append(f"- {row['cell']}: not tuned, the setting chosen for {cell.get('setting_of') or cell.get('test_of')}")
+            parent = cell.get("setting_of") or cell.get("test_of")
+            if parent and not row["tuning"]:
+                notes.append(f"- {row['cell']}: not tuned, the setting chosen for {parent}")
                 continue
             values = ", ".join(f"{_point(t['point'])}: {t['value']:.4f}" if t["value"] is not None
                                else f"{_point(t['point'])}: failed" for t in row["tuning"])
