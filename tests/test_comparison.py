@@ -59,12 +59,14 @@ def test_shortened_comparison_protocol_two_bridges_two_seeds_far_above_chance(tm
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = _table(tmp_path / "results" / "short_demo_bridges.csv")
     assert set(rows) >= {"linear_pool", "bridgenet", "chance"}
+    chance = rows["chance"]
+    deaf_genre, deaf_tempo = float(chance["test/attr_acc_genre"]), float(chance["test/attr_acc_tempo_class"])
     for cell in ("linear_pool", "bridgenet"):
         assert rows[cell]["seeds"] == "2", rows[cell]
-        # Above uniform guessing (12.5% genre, 33.3% tempo class) as the mean of two seeds; a model deaf to
-        # the audio reaches 13.5 / 43.5% (the sweep's chance row), so the tempo bound is a weak one.
-        assert _mean(rows[cell], "test/attr_acc_genre") >= 3 * 12.5, rows[cell]
-        assert _mean(rows[cell], "test/attr_acc_tempo_class") >= 1.5 * 33.3, rows[cell]
+        # Far above what a model deaf to the audio reaches (the table's chance row: 13.5% genre, 43.5%
+        # tempo class, "fast" being 43.5% of the test clips), as the mean of two seeds.
+        assert _mean(rows[cell], "test/attr_acc_genre") >= 3 * deaf_genre, rows[cell]
+        assert _mean(rows[cell], "test/attr_acc_tempo_class") >= deaf_tempo + 15, rows[cell]
         assert float(rows[cell]["test/attr_acc_genre_std"]) >= 0
     assert (tmp_path / "results" / "short_demo_bridges.png").stat().st_size > 0
 
@@ -75,8 +77,9 @@ def test_shortened_instruction_tuning_answers_far_above_chance(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bridgebench", "sweep", sweep, "--seeds", "0", "--quiet"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=3 * 3600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    row = _table(tmp_path / "results" / "short_demo_instruct.csv")["linear_pool"]
-    # Uniform guessing: 12.5% genre, 33.3% tempo class (a deaf model: 13.5 / 43.5%, the sweep's chance
-    # row); every question of the 200 test clips is scored.
-    assert _mean(row, "test/qa/genre/accuracy") >= 3 * 12.5, row
-    assert _mean(row, "test/qa/tempo_class/accuracy") >= 1.5 * 33.3, row
+    rows = _table(tmp_path / "results" / "short_demo_instruct.csv")
+    row, chance = rows["linear_pool"], rows["chance"]
+    # Far above what a model deaf to the audio reaches (the table's chance row: 13.5% genre, 43.5% tempo
+    # class); every question of the 200 test clips is scored.
+    assert _mean(row, "test/qa/genre/accuracy") >= 3 * float(chance["test/qa/genre/accuracy"]), row
+    assert _mean(row, "test/qa/tempo_class/accuracy") >= float(chance["test/qa/tempo_class/accuracy"]) + 15, row
