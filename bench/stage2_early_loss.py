@@ -34,12 +34,18 @@ def group_norm(params: list[torch.nn.Parameter]) -> float:
     return sum(float((p.grad.float() ** 2).sum()) for p in params if p.grad is not None) ** 0.5
 
 
+def epochs(loader):
+    """The loader's batches, epoch after epoch (a small training split ends before the probe does)."""
+    while True:
+        yield from loader
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--encoder-checkpoint", required=True)
+    parser.add_argument("--encoder-checkpoint", default=None, help="default: none (a pretrained or tiny encoder)")
     parser.add_argument("--stage1-checkpoint", default=None)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
@@ -49,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from bridgebench.engine.lightning_cli import run
 
-    cli = run(["--config", opts.config, f"--model.encoder_checkpoint={opts.encoder_checkpoint}",
+    cli = run(["--config", opts.config, f"--model.encoder_checkpoint={opts.encoder_checkpoint or 'null'}",
                f"--model.stage1_checkpoint={opts.stage1_checkpoint or 'null'}", f"--seed_everything={opts.seed}",
                "--trainer.default_root_dir=runs/probe"] + OVERLAY + extra, run=False)
     module, data = cli.model, cli.datamodule
@@ -59,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     opt, sched = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
     groups = {k: v for k, v in module.param_groups().items() if v}
     module.train()
-    batches = iter(data.train_dataloader())
+    batches = epochs(data.train_dataloader())
     rows = []
     for step in range(opts.steps):
         loss = module.training_step(next(batches), step)
