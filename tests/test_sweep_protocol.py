@@ -218,3 +218,16 @@ def test_an_ablation_row_is_not_run_when_its_cell_chose_nothing(tmp_path, monkey
     assert calls and all(label.startswith("a ") for label in calls), calls
     assert not (tmp_path / "runs" / "s" / "a_blind").exists()
     assert "a_blind" in (tmp_path / "results" / "s.md").read_text()
+
+
+def test_the_demo_sweeps_share_one_protocol_and_budget():
+    # demo_instruct promises "same budget and protocol as the bridge comparison": a grid point changed
+    # in one file only would make its rows incomparable with demo_bridges'.
+    import os
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "sweeps")
+    bridges, instruct = (yaml.safe_load(open(os.path.join(root, f"{n}.yaml"))) for n in ("demo_bridges", "demo_instruct"))
+    assert instruct["protocol"] == bridges["protocol"]
+    assert instruct["overlay"]["trainer"] == bridges["overlay"]["trainer"]
+    assert instruct["overlay"]["model"]["optimizer"] == bridges["overlay"]["model"]["optimizer"]
+    assert {k: v for k, v in instruct["overlay"]["data"].items() if "task" not in k} == bridges["overlay"]["data"]
