@@ -67,6 +67,16 @@ def test_sweep_runs_cells_and_skips_finished_ones(tmp_path):
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
     assert second.stdout.count("done earlier") == 5 and "fit + test in" not in second.stdout
+    assert "the previous table differs" not in second.stdout  # same runs, same table: nothing kept
+    # A narrower sweep writes another table; the one it replaces is kept beside it, not lost.
+    before = (tmp_path / "results" / "loss_ablation-tiny.md").read_text()
+    third = subprocess.run(cmd[: cmd.index("ATC+ATG")] + cmd[cmd.index("ATC+ATG") + 1:], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and "the previous table differs: kept as" in third.stdout
+    kept = [p for p in (tmp_path / "results").iterdir() if p.name.startswith("loss_ablation-tiny.2")]
+    assert sorted(p.suffix for p in kept) == [".csv", ".md", ".png"]
+    assert next(p for p in kept if p.suffix == ".md").read_text() == before
+    assert "ATC+ATG" not in (tmp_path / "results" / "loss_ablation-tiny.md").read_text()
 
 
 @pytest.mark.slow

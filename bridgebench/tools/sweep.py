@@ -347,6 +347,21 @@ class Sweep:
                 "args": list(self.opts.args)}
 
 
+def keep_previous_table(out: Path, name: str, md: str) -> Optional[Path]:
+    """Move ``<name>.md/.csv/.png`` aside (``<name>.<their time>.*``) when the new table differs: a
+    sweep file whose grid or cells changed tabulates other runs, and the table it replaces could no
+    longer be made from the current file. Returns the kept ``.md``, or None (no table, or the same)."""
+    old = out / f"{name}.md"
+    if not old.exists() or old.read_text(encoding="utf-8") == md:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(old.stat().st_mtime))
+    for ext in (".md", ".csv", ".png"):
+        src = out / f"{name}{ext}"
+        if src.exists():
+            os.replace(src, out / f"{name}.{stamp}{ext}")
+    return out / f"{name}.{stamp}.md"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from bridgebench.evaluation.sweep_table import plot, tabulate
     from bridgebench.runtime.io import atomic_write, ensure_dir
@@ -387,6 +402,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         sweep.results[name] = sweep.cell(name)
     cells = sweep.results
     md, table_csv, rows = tabulate(opts.name, spec, cells, sweep.failures, sweep.compute())
+    kept = keep_previous_table(out, opts.name, md)
+    if kept:
+        console.say(f"the previous table differs: kept as {kept}, .csv and .png")
     atomic_write(out / f"{opts.name}.md", md)
     atomic_write(out / f"{opts.name}.csv", table_csv)
     plot(out / f"{opts.name}.png", opts.name, spec, rows)
