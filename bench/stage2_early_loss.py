@@ -1,9 +1,10 @@
 """How fast a stage-2 bridge starts to learn: training loss and gradient norms of its first steps.
 
 For issue [3/7]'s question (why the Q-Former rows lag the pool + MLP at the same budget), this
-builds a preset's stage-2 module with the comparison's optimiser settings (demo_bridges' overlay:
-batch 16, body 3e-4, output layer 1.8e-2, 20 warm-up steps, clipping at 1.0; the rate stays flat
-after the warm-up, since a probe of 40 steps has no cosine to follow), trains it for ``--steps``
+builds a preset's stage-2 module under a sweep's shared overlay (``--sweep``, demo_bridges by
+default: batch 16, 20 warm-up steps, its clipping) at one point of its grid (body 3e-4, output layer
+1.8e-2 by default; the rate stays flat after the warm-up, since a probe of 40 steps has no cosine to
+follow), trains it for ``--steps``
 steps on the training split in the seed's data order, and prints per step the loss and the gradient
 norm of each learning-rate group before clipping, then the mean loss per window of 10 steps. A few
 minutes per variant on 2 cores, against 10-13 for a full 200-step fit and test.
@@ -22,12 +23,21 @@ import json
 import sys
 from typing import Optional
 
-import torch
+import tempfile
 
-OVERLAY = ["--data.batch_size=16", "--data.train_target=first", "--model.optimizer.lr=3e-4",
-           "--model.optimizer.lr_scale={projection: 60.0}", "--model.optimizer.min_lr=1e-5",
-           "--model.optimizer.warmup_lr=1e-6", "--model.optimizer.warmup_steps=20",
-           "--model.optimizer.weight_decay=0.05"]
+import torch
+import yaml
+
+
+def sweep_overlay(sweep: str, lr: float, projection: float) -> tuple[dict, float]:
+    """The sweep file's shared overlay without its trainer part (the probe counts its own steps), at
+    this body rate and output-layer scale, and the sweep's gradient clipping."""
+    with open(sweep) as f:
+        overlay = dict(yaml.safe_load(f)["overlay"])
+    clip = float(overlay.pop("trainer", {}).get("gradient_clip_val") or 0.0)
+    model = dict(overlay.get("model") or {})
+    model["optimizer"] = {**(model.get("optimizer") or {}), "lr": lr, "lr_scale": {"projection": projection}}
+    return {**overlay, "model": model}, clip
 
 
 def group_norm(params: list[torch.nn.Parameter]) -> float:
@@ -49,15 +59,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--stage1-checkpoint", default=None)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--clip", type=float, default=1.0, help="gradient clipping (total norm), as the sweeps")
+    parser.add_argument("--sweep", default="experiments/sweeps/demo_bridges.yaml",
+                        help="the sweep whose shared overlay (budget, schedule, clipping) the probe trains under")
+    parser.add_argument("--lr", type=float, default=3e-4, help="the body's rate (a point of the sweep's grid)")
+    parser.add_argument("--projection-scale", type=float, default=60.0, help="the output layer's rate / --lr")
     parser.add_argument("--out", default=None, help="write the per-step rows as JSON here")
     opts = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 
     from bridgebench.engine.lightning_cli import run
 
-    cli = run(["--config", opts.config, f"--model.encoder_checkpoint={opts.encoder_checkpoint or 'null'}",
-               f"--model.stage1_checkpoint={opts.stage1_checkpoint or 'null'}", f"--seed_everything={opts.seed}",
-               "--trainer.default_root_dir=runs/probe"] + OVERLAY + extra, run=False)
+    overlay, clip = sweep_overlay(opts.sweep, opts.lr, opts.projection_scale)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(overlay, f)
+        f.flush()
+        cli = run(["--config", opts.config, "--config", f.name,
+                   f"--model.encoder_checkpoint={opts.encoder_checkpoint or 'null'}",
+                   f"--model.stage1_checkpoint={opts.stage1_checkpoint or 'null'}", f"--seed_everything={opts.seed}",
+                   "--trainer.default_root_dir=runs/probe"] + extra, run=False)
     module, data = cli.model, cli.datamodule
     data.connect(module.data_contract())
     data.setup("fit")
@@ -69,11 +87,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for step in range(opts.steps):
         loss = module.training_step(next(batches), step)
-        loss = loss["loss"] if isinstance(loss, dict) else loss
         opt.zero_grad()
         loss.backward()
         norms = {g: round(group_norm(ps), 4) for g, ps in groups.items()}
-        torch.nn.utils.clip_grad_norm_([p for ps in groups.values() for p in ps], opts.clip)
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for ps in groups.values() for p in ps], clip)
         opt.step()
         sched.step()
         rows.append({"step": step, "loss": round(loss.item(), 4), "grad_norm": norms})
