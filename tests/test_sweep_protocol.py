@@ -220,6 +220,77 @@ def test_an_ablation_row_is_not_run_when_its_cell_chose_nothing(tmp_path, monkey
     assert "a_blind" in (tmp_path / "results" / "s.md").read_text()
 
 
+def test_an_optional_row_runs_only_when_named_and_an_extending_file_reuses_the_runs(tmp_path, monkeypatch):
+    # demo_bridges marks its no-stage-1 row optional (it is not in the 3-hour comparison);
+    # demo_stage1_effect extends it with that row and must reuse, not refit, the qformer runs.
+    spec = {"seeds": [0, 1], "metrics": ["test/score"],
+            "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3, 1e-2]}, "select": "val/loss", "tune_seed": 0},
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"]},
+                      "b": {"base": ["experiments/demo_linear_pool.yaml"], "data": {"batch_size": 4}},
+                      "a_ablation": {"setting_of": "a", "optional": True, "data": {"num_workers": 0}}}}
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "effect.yaml").write_text(yaml.safe_dump({"extends": "main.yaml", "cells": ["a", "a_ablation"]}))
+    calls = []
+    monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: (
+        (run_dir / "metrics.json").is_file() if c == "test" else
+        any(json.loads(x)["command"] == c for x in (run_dir / "history.jsonl").read_text().splitlines())
+        if (run_dir / "history.jsonl").is_file() else False))
+    where = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert sweep_cli.main([str(tmp_path / "main.yaml"), *where]) == 0
+    assert {c[0].split()[0] for c in calls} == {"a", "b"}
+    assert "a_ablation" not in (tmp_path / "results" / "main.md").read_text()
+    calls.clear()
+    assert sweep_cli.main([str(tmp_path / "effect.yaml"), *where]) == 0
+    # a is done earlier (same settings, the main sweep's folders); only the optional row is fitted, at a's rate.
+    assert [c[:2] for c in calls] == [("a_ablation seed 0", "fit"), ("a_ablation seed 0", "test"),
+                                      ("a_ablation seed 1", "fit"), ("a_ablation seed 1", "test")]
+    row = yaml.safe_load((tmp_path / "runs" / "main" / "a_ablation" / "seed1" / "sweep_overlay.yaml").read_text())
+    assert row["model"]["optimizer"]["lr"] == 1e-3 and not (tmp_path / "runs" / "effect").exists()
+    table = (tmp_path / "results" / "effect.md").read_text()
+    assert "| a | 2 | lr=0.001 |" in table and "| a_ablation | 2 |" in table and "| b |" not in table
+    # An extending file that changes a shared setting is refused, not run into the main sweep's folders.
+    (tmp_path / "effect.yaml").write_text(yaml.safe_dump({"extends": "main.yaml", "cells": ["a", "a_ablation"],
+                                                          "overlay": {"trainer": {"max_steps": 5}}}))
+    with pytest.raises(ConfigError, match="made with other settings"):
+        sweep_cli.main([str(tmp_path / "effect.yaml"), *where])
+
+
+def test_extends_and_optional_are_checked_with_every_problem_named(tmp_path):
+    from bridgebench.errors import ConfigProblems
+    from bridgebench.tools.sweep_spec import load_sweep
+
+    (tmp_path / "main.yaml").write_text(yaml.safe_dump({"cells": {
+        "a": {"base": ["x.yaml"], "optional": True}, "a_row": {"setting_of": "a"}, "c": {"base": ["x.yaml"], "optional": "yes"}}}))
+    with pytest.raises(ConfigProblems) as err:
+        load_sweep(str(tmp_path / "main.yaml"))
+    assert "'a_row' follows optional cell 'a'" in str(err.value) and "'c' optional must be true or false" in str(err.value)
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"cells": {"a": {"base": ["x.yaml"]}, "z": {"base": ["x.yaml"], "optional": True}}}))
+    assert load_sweep(str(tmp_path / "ok.yaml"))["default_cells"] == ["a"]
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "ok.yaml", "cells": ["z", "nope"]}))
+    with pytest.raises(ConfigError, match=r"cells \['nope'\] are not cells of .*ok.yaml"):
+        load_sweep(str(tmp_path / "child.yaml"))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "missing.yaml", "cells": ["a"]}))
+    with pytest.raises(ConfigError, match="extends .*missing.yaml"):
+        load_sweep(str(tmp_path / "child.yaml"))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "ok.yaml", "cells": ["z"]}))
+    child = load_sweep(str(tmp_path / "child.yaml"))
+    assert child["default_cells"] == ["z"] and child["runs_name"] == "ok"
+
+
+def test_the_stage1_effect_sweep_is_demo_bridges_qformer_rows():
+    import os
+
+    from bridgebench.tools.sweep_spec import load_sweep
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "sweeps")
+    main, effect = (load_sweep(os.path.join(root, f"{n}.yaml")) for n in ("demo_bridges", "demo_stage1_effect"))
+    assert main["default_cells"] == ["qformer", "bridgenet", "linear_pool"]
+    assert effect["default_cells"] == ["qformer", "qformer_no_stage1"] and effect["runs_name"] == "demo_bridges"
+    assert effect["cells"]["qformer"] == main["cells"]["qformer"]  # same settings: its runs are reused
+    assert effect["overlay"] == main["overlay"] and effect["protocol"] == main["protocol"]
+
+
 def test_the_demo_sweeps_share_one_protocol_and_budget():
     # demo_instruct promises "same budget and protocol as the bridge comparison": a grid point changed
     # in one file only would make its rows incomparable with demo_bridges'.

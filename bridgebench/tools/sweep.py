@@ -12,7 +12,9 @@ A sweep file (``experiments/sweeps/*.yaml``) names:
   (``model.stage1_checkpoint: demo_stage1``), so the hand-off is explicit (``--tiny`` too). An
   ablation row names the cell it ablates: ``setting_of: X`` (X's configs, inputs, overlay and the
   setting the protocol chose for X, plus its own keys; fitted and tested) or ``test_of: X`` (X's
-  fitted runs tested again under its own keys, e.g. a data option, in a folder of its own).
+  fitted runs tested again under its own keys, e.g. a data option, in a folder of its own). A cell
+  marked ``optional`` runs only when named (``--cells``, or a file that ``extends`` this one and
+  shares its run folders: ``bridgebench.tools.sweep_spec``).
 - ``overlay`` (optional): config keys every cell gets before its own (the protocol's shared
   budget: steps, batch size, schedule), so the budget is written once.
 - ``protocol`` (optional): ``tune`` (a grid of dotted config keys, the same for every cell; a
@@ -233,7 +235,7 @@ class Sweep:
         cell = self.spec["cells"][name]
         protocol = self.spec["protocol"]
         configs = self.configs(cell["base"])
-        cell_dir = self.runs / self.opts.name / slug(name)
+        cell_dir = self.runs / self.opts.runs_name / slug(name)
         out = {"runs": {}, "tuning": [], "chosen": {}, "fit_s": [], "run_dirs": {}}
         tune_seed = protocol["tune_seed"]
         chosen_dir = None
@@ -338,7 +340,7 @@ class Sweep:
         return {"minutes": total, "interrupted": interrupted}
 
     def load_protocol(self, name: str) -> Optional[dict]:
-        path = self.runs / self.opts.name / slug(name) / "protocol.json"
+        path = self.runs / self.opts.runs_name / slug(name) / "protocol.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def identity(self, cell: dict, overlay: dict, seed: int) -> dict:
@@ -370,7 +372,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("sweep", help="sweep file, e.g. experiments/sweeps/demo_bridges.yaml")
     parser.add_argument("--tiny", action="store_true", help="add experiments/tiny.yaml (CPU check)")
     parser.add_argument("--seeds", type=int, nargs="*", help="override the sweep's seeds")
-    parser.add_argument("--cells", nargs="*", help="run only these cells")
+    parser.add_argument("--cells", nargs="*",
+                        help="run only these cells, optional ones included (default: every cell not marked optional)")
     parser.add_argument("--runs", default="runs/sweeps", help="parent folder of the run folders")
     parser.add_argument("--results", default="results", help="folder of the tables and the plot")
     parser.add_argument("--name", help="name of the run folder and tables (default: the sweep file's name)")
@@ -392,13 +395,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         unknown = sorted(set(opts.cells) - set(spec["cells"]))
         if unknown:
             raise ConfigError(f"--cells: unknown {unknown}; the sweep has {list(spec['cells'])}")
-        spec["cells"] = {c: spec["cells"][c] for c in opts.cells}
-    opts.name = (opts.name or Path(opts.sweep).stem) + ("-tiny" if opts.tiny else "")
+    # spec["cells"] stays whole: an ablation row named alone still reads the cell it follows.
+    to_run = [c for c in spec["cells"] if c in (opts.cells or spec["default_cells"])]
+    suffix = "-tiny" if opts.tiny else ""
+    # Run folders under the file's runs_name (a file that extends another shares its runs), tables
+    # under the file's own name; --name names both.
+    opts.runs_name = (opts.name or spec.get("runs_name") or Path(opts.sweep).stem) + suffix
+    opts.name = (opts.name or Path(opts.sweep).stem) + suffix
     out = ensure_dir(opts.results, "--results")
     ensure_dir(opts.runs, "--runs")
     console = Console(opts.quiet)
     sweep = Sweep(spec, opts, console)
-    for name in spec["cells"]:
+    for name in to_run:
         sweep.results[name] = sweep.cell(name)
     cells = sweep.results
     md, table_csv, rows = tabulate(opts.name, spec, cells, sweep.failures, sweep.compute())

@@ -2,10 +2,16 @@
 
 See ``bridgebench.tools.sweep`` for what a sweep runs. This module only reads and normalises the
 file: needs (``{configs, overlay, per_seed, inputs}``), cells (``{base, inputs, tune, setting_of,
-test_of, <config keys>}``), the shared ``overlay`` (config keys every cell gets first: the protocol's
+test_of, optional, <config keys>}``), the shared ``overlay`` (config keys every cell gets first: the protocol's
 budget), the protocol (``{tune, select, tune_seed}``; ``tune`` a mapping of keys to value lists, whose every
 combination is tried, or a list of points), seeds, metrics, chance (and chance_note, the sentence
 the table prints to say what those levels are).
+
+A cell marked ``optional: true`` (an ablation row that costs runs the main table does not need) is run
+only when named: by ``--cells``, or by a sweep file that ``extends`` this one. Such a file is
+``{extends: <sweep file>, cells: [names of its cells], <keys to override>}``: it takes everything else
+from that file, and its run folders too (``runs_name``), so a cell with the same settings reuses the
+runs the other sweep made (and a changed one is refused, never silently reused); its table is its own.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def load_sweep(path: str) -> dict:
     problems = []
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {path}: not a sweep (a YAML mapping with 'cells')")
+    if "extends" in spec:
+        spec = _extended(spec, path)
     if not isinstance(spec.get("cells"), dict) or not spec["cells"]:
         raise ConfigError(f"sweep file {path}: missing 'cells'")
     spec["base"] = _list(spec.get("base"))
@@ -89,6 +97,9 @@ def load_sweep(path: str) -> dict:
                 problems.append(f"sweep file {path}: cell '{name}' input {key} names need '{need}', which "
                                 f"'needs' lacks (it has {sorted(needs)})")
         setting_of, test_of = cell.pop("setting_of", None), cell.pop("test_of", None)
+        optional = cell.pop("optional", False)
+        if not isinstance(optional, bool):
+            problems.append(f"sweep file {path}: cell '{name}' optional must be true or false")
         for key, other in (("setting_of", setting_of), ("test_of", test_of)):
             if other is not None and (other not in spec["cells"] or list(spec["cells"]).index(other) >=
                                       list(spec["cells"]).index(name)):
@@ -105,15 +116,56 @@ def load_sweep(path: str) -> dict:
             tune = {**protocol["tune"], **(own or {})}
         problems += tune_problems(tune, f"sweep file {path}: cell '{name}' tune")
         cells[name] = {"base": base, "inputs": inputs, "tune": tune, "overlay": cell,
-                       "setting_of": setting_of or test_of, "test_of": test_of}
+                       "setting_of": setting_of or test_of, "test_of": test_of, "optional": optional is True}
     for name, need in needs.items():
         for key, other in need["inputs"].items():
             if other not in needs or other == name:
                 problems.append(f"sweep file {path}: need '{name}' input {key} names unknown need '{other}'")
+    for name, cell in cells.items():
+        if not cell["optional"] and cell["setting_of"] and cells.get(cell["setting_of"], {}).get("optional"):
+            problems.append(f"sweep file {path}: cell '{name}' follows optional cell '{cell['setting_of']}', "
+                            "so it must be optional too")
+    runs_name = spec.get("runs_name")
+    if runs_name is not None and not (isinstance(runs_name, str) and runs_name == slug(runs_name)):
+        problems.append(f"sweep file {path}: runs_name must be a folder name, got {runs_name!r}")
     if problems:
         raise ConfigProblems(problems)
     spec["cells"] = cells
+    # What a plain run of this file runs: every cell not marked optional (a file that extends another
+    # lists the ones it runs, optional or not).
+    spec["default_cells"] = [n for n, c in cells.items() if not c["optional"]]
     return spec
+
+
+def _extended(spec: dict, path: str) -> dict:
+    """``{extends: other.yaml, cells: [names], ...}`` read as the other file with only those cells (in its
+    order, optional ones included because they are named) and this file's other keys on top."""
+    problems = []
+    base_path = Path(path).parent / str(spec["extends"])
+    try:
+        base = yaml.safe_load(open(base_path)) or {}
+    except OSError as err:
+        raise ConfigError(f"sweep file {path}: extends {base_path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"sweep file {path}: extends {base_path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(base, dict) or not isinstance(base.get("cells"), dict):
+        raise ConfigError(f"sweep file {path}: extends {base_path}, which is not a sweep (no 'cells')")
+    if "extends" in base:
+        problems.append(f"sweep file {path}: extends {base_path}, which extends another file; name that one")
+    names = spec.get("cells")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"sweep file {path}: with 'extends', 'cells' is a list of the names of {base_path}'s "
+                          f"cells to run (it has {list(base['cells'])})")
+    unknown = [n for n in names if n not in base["cells"]]
+    if unknown:
+        problems.append(f"sweep file {path}: cells {unknown} are not cells of {base_path} (it has {list(base['cells'])})")
+    if problems:
+        raise ConfigProblems(problems)
+    out = {**base, **{k: v for k, v in spec.items() if k not in ("extends", "cells")}}
+    out["cells"] = {n: {k: v for k, v in (c or {}).items() if k != "optional"}
+                    for n, c in base["cells"].items() if n in names}
+    out.setdefault("runs_name", base.get("runs_name") or Path(base_path).stem)
+    return out
 
 
 def resolve_config(path: str, sweep_file: str) -> str:
