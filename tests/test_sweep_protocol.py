@@ -45,6 +45,14 @@ def fake_commands(calls):
     return run
 
 
+def fake_step_done(run_dir, command):
+    """What the stand-in runs wrote: a test's metrics, or a fit/validate in the run's history."""
+    if command == "test":
+        return (run_dir / "metrics.json").is_file()
+    history = run_dir / "history.jsonl"
+    return history.is_file() and any(json.loads(x)["command"] == command for x in history.read_text().splitlines())
+
+
 def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(tmp_path, monkeypatch, capsys):
     spec = {"seeds": [0, 1], "metrics": ["test/score"], "chance": {"test/score": 8.3},
             "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3, 1e-2]}, "select": "val/loss", "tune_seed": 0},
@@ -55,10 +63,7 @@ def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(
     path.write_text(yaml.safe_dump(spec))
     calls = []
     monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
-    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: (
-        (run_dir / "metrics.json").is_file() if c == "test" else
-        any(json.loads(x)["command"] == c for x in (run_dir / "history.jsonl").read_text().splitlines())
-        if (run_dir / "history.jsonl").is_file() else False))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", fake_step_done)
     args = [str(path), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     assert sweep_cli.main(args) == 0
     cell = tmp_path / "runs" / "s" / "a"
@@ -232,10 +237,7 @@ def test_an_optional_row_runs_only_when_named_and_an_extending_file_reuses_the_r
     (tmp_path / "effect.yaml").write_text(yaml.safe_dump({"extends": "main.yaml", "cells": ["a", "a_ablation"]}))
     calls = []
     monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
-    monkeypatch.setattr("bridgebench.tools.sweep.step_done", lambda run_dir, c: (
-        (run_dir / "metrics.json").is_file() if c == "test" else
-        any(json.loads(x)["command"] == c for x in (run_dir / "history.jsonl").read_text().splitlines())
-        if (run_dir / "history.jsonl").is_file() else False))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", fake_step_done)
     where = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     assert sweep_cli.main([str(tmp_path / "main.yaml"), *where]) == 0
     assert {c[0].split()[0] for c in calls} == {"a", "b"}

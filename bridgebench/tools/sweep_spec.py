@@ -35,14 +35,18 @@ def _list(value) -> list:
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 
+def _read_yaml(path, what: str):
+    try:
+        return yaml.safe_load(open(path)) or {}
+    except OSError as err:
+        raise ConfigError(f"{what}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
 def load_sweep(path: str) -> dict:
     """The sweep file, normalised; every problem is reported at once."""
-    try:
-        spec = yaml.safe_load(open(path)) or {}
-    except OSError as err:
-        raise ConfigError(f"sweep file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    spec = _read_yaml(path, f"sweep file {path}")
     problems = []
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {path}: not a sweep (a YAML mapping with 'cells')")
@@ -142,12 +146,7 @@ def _extended(spec: dict, path: str) -> dict:
     order, optional ones included because they are named) and this file's other keys on top."""
     problems = []
     base_path = Path(path).parent / str(spec["extends"])
-    try:
-        base = yaml.safe_load(open(base_path)) or {}
-    except OSError as err:
-        raise ConfigError(f"sweep file {path}: extends {base_path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {path}: extends {base_path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    base = _read_yaml(base_path, f"sweep file {path}: extends {base_path}")
     if not isinstance(base, dict) or not isinstance(base.get("cells"), dict):
         raise ConfigError(f"sweep file {path}: extends {base_path}, which is not a sweep (no 'cells')")
     if "extends" in base:
