@@ -87,8 +87,12 @@ class Example:
 def build_examples(clips: list[Clip], task: str, source: str, train: bool = False) -> list[Example]:
     """A split's examples. In training, ``caption+qa`` gives each clip two examples, its caption and a
     question drawn per visit; in evaluation it gives the caption and every question (one example
-    each), so caption metrics and per-question-type answers are both measured (``eval_task``)."""
-    out = []
+    each), so caption metrics and per-question-type answers are both measured (``eval_task``).
+
+    Evaluation examples come captions first, then the questions (clip by clip): a batch generates
+    until its longest text ends, so a caption among the short answers made every batch decode a
+    caption's length (the scorers sort their rows, so the order changes no metric)."""
+    out, questions = [], []
     for clip in clips:
         if task in ("caption", "caption+qa"):
             if not clip.captions:
@@ -98,11 +102,11 @@ def build_examples(clips: list[Clip], task: str, source: str, train: bool = Fals
             if not clip.qa:
                 raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: {task})")
             if task == "qa" or not train:
-                out.extend(Example(clip, pair["instruction"], [pair["answer"]], qa_type=pair.get("type"))
-                           for pair in clip.qa)
+                questions.extend(Example(clip, pair["instruction"], [pair["answer"]], qa_type=pair.get("type"))
+                                 for pair in clip.qa)
             else:
                 out.append(Example(clip, None, [], qa=clip.qa))
-    return out
+    return out + questions
 
 
 class AudioTextDataset(Dataset):

@@ -57,6 +57,8 @@ def test_eval_task_caption_plus_qa_evaluates_every_question_with_its_type():
     assert len(test) == len(clips) * 8  # the caption and the 7 questions of each clip
     types = [test[i]["qa_type"] for i in range(len(test))]
     assert types.count(None) == len(clips)
+    # Captions first, then the questions: a batch of short answers is not held to a caption's length.
+    assert types[:len(clips)] == [None] * len(clips)
     assert {t for t in types if t} == {"instrument", "genre", "tempo_class", "bpm", "key", "mode", "dynamics"}
     default = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", num_workers=0)
     default.connect(module.data_contract())
@@ -78,7 +80,7 @@ def test_the_bridge_can_be_shown_a_fixed_instruction_while_the_llm_gets_the_real
     assert b["text"]["bridge_mask"].sum(1).tolist() == [2] * 4  # [CLS] [SEP] of the empty text only
 
 
-def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path):
+def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path, monkeypatch):
     args = ["--config", os.path.join(ROOT, "experiments", "demo_linear_pool.yaml"), "--config", TINY,
             f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--data.task=caption+qa",
             "--data.eval_task=caption+qa", "--data.features=audio", "--model.encoder_checkpoint=null",
@@ -86,6 +88,12 @@ def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path
             "--model.evaluation.classify=[{label: instrument, instruction: 'What is the lead instrument?'}, "
             "{label: genre, instruction: 'What genre is this music?'}]", "--trainer.limit_test_batches=4"]
     run(["fit", *args])
+    from bridgebench.llms.causal import CausalLM
+
+    ranked = []
+    real = CausalLM.candidate_nll
+    monkeypatch.setattr(CausalLM, "candidate_nll", lambda self, soft, *a, **k: (ranked.append(soft.shape[0]),
+                                                                                 real(self, soft, *a, **k))[1])
     run(["test", *args, "--ckpt_path=last"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test/qa/accuracy", "test/qa/instrument/accuracy", "test/qa/musilingo/rouge_l_recall",
@@ -94,6 +102,8 @@ def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path
         assert isinstance(metrics.get(key), float), (key, sorted(metrics))
     rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert any("qa_type" in r for r in rows) and any("qa_type" not in r for r in rows)
+    # Each clip is ranked once per label, though its caption and questions fall in several batches.
+    assert sum(ranked) == 2 * len({r["id"] for r in rows}), ranked
 
 
 def test_qa_instructions_replace_the_wording_of_their_question_type():

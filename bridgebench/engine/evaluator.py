@@ -133,12 +133,14 @@ class ClassificationScorer(Scorer):
     def __init__(self, module):
         super().__init__(module)
         self.candidates: dict[str, list[str]] = {}
+        self.ranked: set = set()
 
     def enabled(self, stage: str) -> bool:
         return stage == "test" and self.module.llm is not None and bool(self.module.eval_spec.classify)
 
     def start(self, stage: str) -> None:
         super().start(stage)
+        self.ranked = set()
         dm = self.module.datamodule()
         self.candidates = {c.label: list(c.candidates) if c.candidates else
                            (dm.label_values("test", c.label) if dm is not None else [])
@@ -147,7 +149,11 @@ class ClassificationScorer(Scorer):
     @torch.no_grad()
     def collect(self, batch: dict, encoded: tuple) -> None:
         m = self.module
-        keep = [batch["id"].index(c) for c in dict.fromkeys(batch["id"])]  # a qa set repeats clips: once each
+        # A qa set repeats each clip (its caption, then each question, in other batches): rank it once.
+        keep = [batch["id"].index(c) for c in dict.fromkeys(batch["id"]) if c not in self.ranked]
+        if not keep:
+            return
+        self.ranked.update(batch["id"][i] for i in keep)
         feats, mask = encoded[0][keep].float(), encoded[1][keep]
         for spec in m.eval_spec.classify:
             candidates = self.candidates.get(spec.label)
