@@ -376,7 +376,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="run only these cells, optional ones included (default: every cell not marked optional)")
     parser.add_argument("--runs", default="runs/sweeps", help="parent folder of the run folders")
     parser.add_argument("--results", default="results", help="folder of the tables and the plot")
-    parser.add_argument("--name", help="name of the run folder and tables (default: the sweep file's name)")
+    parser.add_argument("--name", help="name of the run folder and tables (default: the sweep file's name for the "
+                        "tables, and for the run folder its runs_name, e.g. that of the sweep it extends)")
     parser.add_argument("--report", type=int, default=0, metavar="N",
                         help="after each run, print N held-out clips (true labels, generated caption) and its metrics")
     parser.add_argument("--quiet", action="store_true", help="no live progress (only the sweep's own lines)")
