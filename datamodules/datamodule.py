@@ -84,29 +84,37 @@ class Example:
     qa_type: Optional[str] = None  # the question's type (manifest qa ``type``), for per-type scores
 
 
-def build_examples(clips: list[Clip], task: str, source: str, train: bool = False) -> list[Example]:
+def build_examples(clips: list[Clip], task: str, source: str, train: bool = False,
+                   group: Optional[int] = None) -> list[Example]:
     """A split's examples. In training, ``caption+qa`` gives each clip two examples, its caption and a
     question drawn per visit; in evaluation it gives the caption and every question (one example
     each), so caption metrics and per-question-type answers are both measured (``eval_task``).
 
-    Evaluation examples come captions first, then the questions (clip by clip): a batch generates
-    until its longest text ends, so a caption among the short answers made every batch decode a
-    caption's length (the scorers sort their rows, so the order changes no metric)."""
-    out, questions = [], []
-    for clip in clips:
-        if task in ("caption", "caption+qa"):
-            if not clip.captions:
-                raise ManifestError(f"{source}: clip '{clip.id}' has no captions (task: {task})")
-            out.append(Example(clip, None, clip.captions))
-        if task in ("qa", "caption+qa"):
-            if not clip.qa:
-                raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: {task})")
-            if task == "qa" or not train:
-                questions.extend(Example(clip, pair["instruction"], [pair["answer"]], qa_type=pair.get("type"))
-                                 for pair in clip.qa)
-            else:
-                out.append(Example(clip, None, [], qa=clip.qa))
-    return out + questions
+    In evaluation, ``group`` clips at a time (the evaluation batch across all ranks) come as their
+    captions, then their questions clip by clip: a batch generates until its longest text ends, so a
+    caption among short answers made every batch decode a caption's length. Every prefix still holds
+    both kinds (a run cut short by ``limit_test_batches`` scores both). The scorers sort their rows, so
+    no generated-text metric depends on the order; the logged loss is a mean of per-batch token means,
+    so in homogeneous batches each example weighs about the same."""
+    out: list[Example] = []
+    step = group if group and not train else len(clips) or 1
+    for start in range(0, len(clips), step):
+        captions, questions = [], []
+        for clip in clips[start:start + step]:
+            if task in ("caption", "caption+qa"):
+                if not clip.captions:
+                    raise ManifestError(f"{source}: clip '{clip.id}' has no captions (task: {task})")
+                captions.append(Example(clip, None, clip.captions))
+            if task in ("qa", "caption+qa"):
+                if not clip.qa:
+                    raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: {task})")
+                if task == "qa" or not train:
+                    questions.extend(Example(clip, pair["instruction"], [pair["answer"]], qa_type=pair.get("type"))
+                                     for pair in clip.qa)
+                else:
+                    captions.append(Example(clip, None, [], qa=clip.qa))
+        out += captions + questions
+    return out
 
 
 class AudioTextDataset(Dataset):
@@ -431,7 +439,10 @@ class AudioTextDataModule(L.LightningDataModule):
         split = self.splits[role]
         clips = self.clips(role)
         task = self.task if role == "train" else self.eval_task
-        examples = build_examples(clips, task, f"{self.manifest} (split '{split}')", train=role == "train")
+        dist = torch.distributed
+        ranks = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        examples = build_examples(clips, task, f"{self.manifest} (split '{split}')", train=role == "train",
+                                  group=self.eval_batch_size * ranks)
         if self.limit is not None:
             examples = examples[: self.limit]
         if not examples:

@@ -57,8 +57,10 @@ def test_eval_task_caption_plus_qa_evaluates_every_question_with_its_type():
     assert len(test) == len(clips) * 8  # the caption and the 7 questions of each clip
     types = [test[i]["qa_type"] for i in range(len(test))]
     assert types.count(None) == len(clips)
-    # Captions first, then the questions: a batch of short answers is not held to a caption's length.
-    assert types[:len(clips)] == [None] * len(clips)
+    # A batch's worth of clips (2 here) at a time: their captions, then their questions, so a batch of
+    # short answers is not held to a caption's length, and every prefix holds both kinds.
+    assert types[:2] == [None, None] and None not in types[2:16] and types[16:18] == [None, None]
+    assert [test[i]["id"] for i in range(2, 16)] == [clips[0].id] * 7 + [clips[1].id] * 7
     assert {t for t in types if t} == {"instrument", "genre", "tempo_class", "bpm", "key", "mode", "dynamics"}
     default = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", num_workers=0)
     default.connect(module.data_contract())

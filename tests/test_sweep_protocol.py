@@ -251,11 +251,32 @@ def test_an_optional_row_runs_only_when_named_and_an_extending_file_reuses_the_r
     assert row["model"]["optimizer"]["lr"] == 1e-3 and not (tmp_path / "runs" / "effect").exists()
     table = (tmp_path / "results" / "effect.md").read_text()
     assert "| a | 2 | lr=0.001 |" in table and "| a_ablation | 2 |" in table and "| b |" not in table
-    # An extending file that changes a shared setting is refused, not run into the main sweep's folders.
-    (tmp_path / "effect.yaml").write_text(yaml.safe_dump({"extends": "main.yaml", "cells": ["a", "a_ablation"],
-                                                          "overlay": {"trainer": {"max_steps": 5}}}))
+    # An extending file that changes a shared setting is refused, not run into the main sweep's folders:
+    # when it loads, and (had it named the folders itself) by the folders' record of their settings.
+    changed = {"extends": "main.yaml", "cells": ["a", "a_ablation"], "overlay": {"trainer": {"max_steps": 5}}}
+    (tmp_path / "effect.yaml").write_text(yaml.safe_dump(changed))
+    with pytest.raises(ConfigError, match=r"\['overlay'\] would change the runs it shares with .*main.yaml"):
+        sweep_cli.main([str(tmp_path / "effect.yaml"), *where])
+    (tmp_path / "effect.yaml").write_text(yaml.safe_dump({**changed, "runs_name": "main"}))
     with pytest.raises(ConfigError, match="made with other settings"):
         sweep_cli.main([str(tmp_path / "effect.yaml"), *where])
+
+
+def test_a_row_named_alone_runs_at_its_cells_setting_or_says_what_to_add(tmp_path, monkeypatch):
+    # No grid: the cell a row follows has nothing to choose, so the row runs without it having run.
+    spec = {"seeds": [0], "metrics": ["test/score"],
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"], "model": {"optimizer": {"lr": 1e-3}}},
+                      "a_row": {"setting_of": "a", "data": {"num_workers": 0}},
+                      "a_test": {"test_of": "a", "data": {"num_workers": 0}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    calls = []
+    monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", fake_step_done)
+    where = [str(tmp_path / "s.yaml"), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert sweep_cli.main([*where, "--cells", "a_row"]) == 0
+    assert [c[:2] for c in calls] == [("a_row seed 0", "fit"), ("a_row seed 0", "test")]
+    assert sweep_cli.main([*where, "--cells", "a_test"]) == 1
+    assert "name it too: --cells a a_test" in (tmp_path / "results" / "s.md").read_text()
 
 
 def test_extends_and_optional_are_checked_with_every_problem_named(tmp_path):
@@ -275,22 +296,30 @@ def test_extends_and_optional_are_checked_with_every_problem_named(tmp_path):
     (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "missing.yaml", "cells": ["a"]}))
     with pytest.raises(ConfigError, match="extends .*missing.yaml"):
         load_sweep(str(tmp_path / "child.yaml"))
-    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "ok.yaml", "cells": ["z"]}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "ok.yaml", "cells": ["z"], "seeds": [3]}))
     child = load_sweep(str(tmp_path / "child.yaml"))
-    assert child["default_cells"] == ["z"] and child["runs_name"] == "ok"
+    assert child["default_cells"] == ["z"] and child["runs_name"] == "ok" and child["seeds"] == [3]
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump({"cells": {"a": {"base": ["x.yaml"]},
+                                                                 "a_row": {"setting_of": "a", "optional": True}}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": "row.yaml", "cells": ["a_row"]}))
+    with pytest.raises(ConfigError, match="cell 'a_row' follows cell 'a' of .*row.yaml; add 'a' to this file's cells"):
+        load_sweep(str(tmp_path / "child.yaml"))
 
 
-def test_the_stage1_effect_sweep_is_demo_bridges_qformer_rows():
+@pytest.mark.parametrize("name,cells", [("demo_stage1_effect", ["qformer", "qformer_no_stage1"]),
+                                        ("demo_budget", ["qformer", "qformer_2x_steps", "bridgenet", "bridgenet_2x_steps"])])
+def test_the_files_that_extend_demo_bridges_run_its_rows_in_its_folders(name, cells):
     import os
 
     from bridgebench.tools.sweep_spec import load_sweep
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "sweeps")
-    main, effect = (load_sweep(os.path.join(root, f"{n}.yaml")) for n in ("demo_bridges", "demo_stage1_effect"))
+    main, other = (load_sweep(os.path.join(root, f"{n}.yaml")) for n in ("demo_bridges", name))
     assert main["default_cells"] == ["qformer", "bridgenet", "linear_pool"]
-    assert effect["default_cells"] == ["qformer", "qformer_no_stage1"] and effect["runs_name"] == "demo_bridges"
-    assert effect["cells"]["qformer"] == main["cells"]["qformer"]  # same settings: its runs are reused
-    assert effect["overlay"] == main["overlay"] and effect["protocol"] == main["protocol"]
+    assert other["default_cells"] == cells and other["runs_name"] == "demo_bridges"
+    for cell in cells:  # same settings: demo_bridges' runs are reused
+        assert {**other["cells"][cell], "optional": None} == {**main["cells"][cell], "optional": None}
+    assert other["overlay"] == main["overlay"] and other["protocol"] == main["protocol"]
 
 
 def test_the_demo_sweeps_share_one_protocol_and_budget():

@@ -240,10 +240,11 @@ class Sweep:
         tune_seed = protocol["tune_seed"]
         chosen_dir = None
         if cell["setting_of"]:
-            other = self.results.get(cell["setting_of"]) or self.load_protocol(cell["setting_of"])
             # A tuned cell whose every point failed has chosen nothing: the ablation would silently run at
-            # its preset's rate, so it is reported as not run instead.
+            # its preset's rate, so it is reported as not run instead. An untuned cell has nothing to choose.
             tuned = bool(self.spec["cells"][cell["setting_of"]]["tune"])
+            other = (self.results.get(cell["setting_of"]) or self.load_protocol(cell["setting_of"])
+                     if tuned else {"chosen": {}})
             if other is None or (tuned and not other["chosen"]):
                 self.failures[name] = f"not run: cell {cell['setting_of']} has chosen no setting yet; run it first"
                 return out
@@ -284,7 +285,8 @@ class Sweep:
             if error is None and cell["test_of"]:  # test the other cell's fitted run, in a folder of its own
                 source = (self.results.get(cell["test_of"]) or {}).get("run_dirs", {}).get(seed)
                 if source is None:
-                    error = f"not run: cell {cell['test_of']} has no fitted seed {seed}"
+                    error = (f"not run: cell {cell['test_of']} has no fitted seed {seed} in this command"
+                             + ("" if cell["test_of"] in self.results else f" (name it too: --cells {cell['test_of']} {name})"))
                 else:
                     claim(run_dir, {**self.identity(cell, overlay, seed), "test_of": str(source)}, label)
                     args.append(f"--ckpt_path={last_ckpt(source)}")
@@ -396,7 +398,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         unknown = sorted(set(opts.cells) - set(spec["cells"]))
         if unknown:
             raise ConfigError(f"--cells: unknown {unknown}; the sweep has {list(spec['cells'])}")
-    # spec["cells"] stays whole: an ablation row named alone still reads the cell it follows.
+    # spec["cells"] stays whole: a setting_of row named alone reads the setting its cell chose (from the
+    # cell's protocol.json); a test_of row needs its cell run in the same command.
     to_run = [c for c in spec["cells"] if c in (opts.cells or spec["default_cells"])]
     suffix = "-tiny" if opts.tiny else ""
     # Run folders under the file's runs_name (a file that extends another shares its runs), tables

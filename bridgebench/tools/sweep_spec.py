@@ -142,8 +142,8 @@ def load_sweep(path: str) -> dict:
 
 
 def _extended(spec: dict, path: str) -> dict:
-    """``{extends: other.yaml, cells: [names], ...}`` read as the other file with only those cells (in its
-    order, optional ones included because they are named) and this file's other keys on top."""
+    """``{extends: other.yaml, cells: [names], ...}`` read as the other file with only those cells (in this
+    file's order, optional ones included because they are named) and this file's other keys on top."""
     problems = []
     base_path = Path(path).parent / str(spec["extends"])
     base = _read_yaml(base_path, f"sweep file {path}: extends {base_path}")
@@ -158,13 +158,32 @@ def _extended(spec: dict, path: str) -> dict:
     unknown = [n for n in names if n not in base["cells"]]
     if unknown:
         problems.append(f"sweep file {path}: cells {unknown} are not cells of {base_path} (it has {list(base['cells'])})")
+    for name in names:
+        cell = base["cells"].get(name)
+        if cell is not None and not isinstance(cell, dict):
+            problems.append(f"sweep file {base_path}: cell '{name}' must be a mapping of config keys")
+        parent = (cell.get("setting_of") or cell.get("test_of")) if isinstance(cell, dict) else None
+        if parent and parent not in names:
+            problems.append(f"sweep file {path}: cell '{name}' follows cell '{parent}' of {base_path}; add '{parent}' "
+                            "to this file's cells")
+    # Keys that change what a run is or how a setting is chosen would write other runs into the shared
+    # folders; a file that sets its own runs_name may change anything.
+    shared_runs = "runs_name" not in spec
+    changed = sorted(k for k in spec if k not in ("extends", "cells", "runs_name", *TABLE_KEYS))
+    if shared_runs and changed:
+        problems.append(f"sweep file {path}: {changed} would change the runs it shares with {base_path}; only "
+                        f"{list(TABLE_KEYS)} may differ, or give this file a runs_name of its own")
     if problems:
         raise ConfigProblems(problems)
     out = {**base, **{k: v for k, v in spec.items() if k not in ("extends", "cells")}}
-    out["cells"] = {n: {k: v for k, v in (c or {}).items() if k != "optional"}
-                    for n, c in base["cells"].items() if n in names}
+    out["cells"] = {n: {k: v for k, v in (base["cells"][n] or {}).items() if k != "optional"} for n in names}
     out.setdefault("runs_name", base.get("runs_name") or Path(base_path).stem)
     return out
+
+
+# What a file that extends another may change while sharing its run folders: what the table shows,
+# and which seeds it runs (a new seed is a new folder).
+TABLE_KEYS = ("metrics", "chance", "chance_note", "seeds")
 
 
 def resolve_config(path: str, sweep_file: str) -> str:
