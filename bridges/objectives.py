@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bridgebench.bridges.qformer import BertTokens, QFormerBridge, QFormerLMHead
+from bridgebench.runtime.distributed import rank_and_world
 
 STAGE1_OBJECTIVES = ("atc", "atm", "atg")
 
@@ -75,7 +76,7 @@ def gather_all(x: torch.Tensor) -> torch.Tensor:
     rank's gradient into the rows this rank owns. Dim 1 is padded to the ranks' maximum first
     (audio frames and text tokens differ between ranks); pad with zeros/False, which masks ignore.
     Ranks hold the same number of rows (DistributedSampler pads the dataset to make it so)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if rank_and_world()[1] == 1:
         return x
     if x.dim() >= 2:
         size = torch.tensor([x.shape[1]], device=x.device)
@@ -97,12 +98,6 @@ def _pad_dim1(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[1] >= size:
         return x
     return F.pad(x, [0, 0] * (x.dim() - 2) + [0, size - x.shape[1]])
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class Stage1Heads(nn.Module):

@@ -30,6 +30,7 @@ from bridgebench.datamodules.features import FeatureStore, example_key
 from bridgebench.datamodules.fixtures import BUILTINS
 from bridgebench.datamodules.manifest import MAX_TEXT_CHARS, Clip, read_manifest
 from bridgebench.errors import AudioError, ConfigError, ConfigProblems, FeatureCacheMiss, ManifestError
+from bridgebench.runtime.distributed import rank_and_world
 
 TASKS = ("caption", "qa", "caption+qa")
 FEATURE_MODES = ("audio", "cached", "auto")
@@ -205,10 +206,8 @@ class EpochSampler(torch.utils.data.distributed.DistributedSampler):
     """
 
     def __init__(self, dataset, shuffle: bool, seed: int):
-        dist = torch.distributed
-        ready = dist.is_available() and dist.is_initialized()
-        super().__init__(dataset, num_replicas=dist.get_world_size() if ready else 1,
-                         rank=dist.get_rank() if ready else 0, shuffle=shuffle, seed=seed, drop_last=False)
+        rank, world = rank_and_world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self._skip: tuple[int, int] = (-1, 0)  # (epoch, samples of this rank) to skip once
 
     def resume_at(self, epoch: int, samples: int) -> None:
@@ -439,10 +438,8 @@ class AudioTextDataModule(L.LightningDataModule):
         split = self.splits[role]
         clips = self.clips(role)
         task = self.task if role == "train" else self.eval_task
-        dist = torch.distributed
-        ranks = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         examples = build_examples(clips, task, f"{self.manifest} (split '{split}')", train=role == "train",
-                                  group=self.eval_batch_size * ranks)
+                                  group=self.eval_batch_size * rank_and_world()[1])
         if self.limit is not None:
             examples = examples[: self.limit]
         if not examples:

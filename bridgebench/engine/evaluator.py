@@ -27,12 +27,14 @@ from bridgebench.evaluation.ranking import (
     rerank,
     zero_shot_accuracy,
 )
+from bridgebench.runtime.distributed import rank_and_world
 
 
 def gather(rows: list) -> list:
     """Every rank's rows (one process: the rows themselves)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [None] * torch.distributed.get_world_size()
+    world = rank_and_world()[1]
+    if world > 1:
+        gathered = [None] * world
         torch.distributed.all_gather_object(gathered, rows)
         return [r for part in gathered for r in part]
     return rows

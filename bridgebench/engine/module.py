@@ -37,6 +37,7 @@ from bridgebench.engine.registry import build_bridge, build_encoder, build_llm, 
 from bridgebench.engine.schedule import lr_factor
 from bridgebench.engine.speed import SpeedSpec, adamw_fused, compile_parts, fp8_linears, step_begin
 from bridgebench.errors import ConfigError, DataError
+from bridgebench.runtime.distributed import rank_and_world
 from bridgebench.specs import (
     STAGE1_OBJECTIVES,
     BridgeSpec,
@@ -326,7 +327,7 @@ class BridgeModule(L.LightningModule):
         skipped = len(self._skipped.get("train", []))
         self._report_skipped("train")
         trained = torch.tensor(self._trained_examples, device=self.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if rank_and_world()[1] > 1:
             torch.distributed.all_reduce(trained)
         if int(trained) == 0:
             raise DataError(f"every training clip of this epoch was skipped as bad audio ({skipped} skipped on this "
