@@ -191,7 +191,7 @@ class AudioTextDataset(Dataset):
             references = list(ex.targets)
         if self.drop_phrases:
             target = drop_phrases(target, self.drop_phrases, self.drop_phrase_p, rng)
-        return {"id": ex.clip.id, **signal, "instruction": instruction, "target": target,
+        return {"id": ex.clip.id, "example": index, **signal, "instruction": instruction, "target": target,
                 "references": references, "labels": ex.clip.labels, "tags": ex.clip.tags,
                 "qa_type": qa_type}
 
@@ -247,7 +247,8 @@ class Collate:
         instructions = [it["instruction"] for it in items]
         targets = [it["target"] for it in items]
         for_bridge = None if self.bridge_instruction is None else [self.bridge_instruction] * len(items)
-        batch = {"id": [it["id"] for it in items], "instruction": instructions, "target": targets,
+        batch = {"id": [it["id"] for it in items], "example": [it.get("example") for it in items],
+                 "instruction": instructions, "target": targets,
                  "references": [it["references"] for it in items], "labels": [it["labels"] for it in items],
                  "tags": [it["tags"] for it in items], "qa_type": [it.get("qa_type") for it in items],
                  "skipped": skipped, "text": self.text(instructions, targets, for_bridge) if items else {}}

@@ -33,6 +33,13 @@ TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
     ("bpm", "about 126 bpm", "120 bpm", True),  # within 8%
     ("bpm", "140 bpm", "120 bpm", False),
     ("bpm", "120 or 130 bpm", "120 bpm", False),
+    ("bpm", "1200 bpm", "120 bpm", False),  # a number is read whole, never a part of a longer one
+    ("bpm", "120120 bpm", "120 bpm", False),
+    ("bpm", "120 bpm (120.0)", "120 bpm", True),  # one tempo, written twice
+    ("tempo_class", "medium dynamics", "medium", False),  # answers the other attribute
+    ("dynamics", "medium tempo", "medium", False),
+    ("tempo_class", "a medium tempo with soft dynamics", "medium", True),
+    ("key", "It is in a minor key.", "A minor", False),  # "a" is the article
 ])
 def test_answers_are_scored_by_vocabulary_match_per_question_type(qa_type, prediction, truth, right):
     assert answer_correct(qa_type, prediction, truth) is right
@@ -153,3 +160,32 @@ def test_a_template_ending_in_a_space_gets_the_answer_as_the_next_word_of_runnin
     plain = CausalText(tok, template.rstrip(" ") + "\n", end_symbol=None, add_bos=False, max_prompt_tokens=64,
                        max_target_tokens=48)([question], [answer])
     assert plain["target_ids"][0][plain["target_mask"][0].bool()].tolist()[:-1] == tok(answer, add_special_tokens=False).input_ids
+
+
+def test_examples_repeated_by_distributed_padding_are_scored_once():
+    # DistributedSampler pads the last round with repeats of the first examples so that every rank
+    # steps equally; gathered, the repeats must not count twice (here: a right answer padded in twice).
+    from types import SimpleNamespace
+
+    from bridgebench.engine.evaluator import GenerationScorer, TagScorer
+    from bridgebench.specs import EvalSpec
+
+    module = SimpleNamespace(eval_spec=EvalSpec(metric_modes=[], qa_metric_modes=[], attribute_vocabulary="music-synth"),
+                             is_global_zero=lambda: True, datamodule=lambda: None)
+    scorer = GenerationScorer(module)
+    scorer.start("test")
+    for example, (clip, answer) in enumerate([("a", "rock"), ("b", "jazz"), ("c", "jazz"), ("a", "rock"), ("a", "rock")]):
+        scorer.rows.append({"id": clip, "example": example % 3, "instruction": "What genre is this music?",
+                            "prediction": answer, "references": ["rock"], "labels": {}, "qa_type": "genre"})
+    out = scorer.compute("test")
+    assert out["qa/genre/accuracy"] == pytest.approx(100 / 3)  # 60 if the two repeats were kept
+    assert [r["id"] for r in scorer.rows] == ["a", "b", "c"] and "example" not in scorer.rows[0]
+
+    tags = TagScorer(module)
+    tags.start("test")
+    tags.rows = [{"id": "a", "logits": [2.0, -2.0], "targets": [1, 0]}, {"id": "b", "logits": [-2.0, 2.0], "targets": [1, 0]},
+                 {"id": "c", "logits": [1.0, 0.0], "targets": [0, 1]}, {"id": "a", "logits": [2.0, -2.0], "targets": [1, 0]}]
+    once = TagScorer(module)
+    once.start("test")
+    once.rows = tags.rows[:3]
+    assert tags.compute("test") == once.compute("test")

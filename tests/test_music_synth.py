@@ -356,7 +356,8 @@ def test_full_set_renders_in_under_three_minutes(tmp_path):
 def test_sweep_chance_levels_are_what_a_deaf_model_reaches():
     # The chance line of a table is what a model that ignores the audio reaches on the 200 test clips of
     # builtin:music-synth (2,000 clips of 10 s, seed 0): the higher of uniform guessing and always
-    # answering the training split's most frequent label. Labels come from the composition alone.
+    # answering the training split's most frequent label (the mean over tied labels: genre has hip hop and
+    # rock at 207 training clips each, 13.5 and 9% of the test clips). Labels come from the composition alone.
     import collections
 
     import yaml
@@ -375,9 +376,11 @@ def test_sweep_chance_levels_are_what_a_deaf_model_reaches():
         if kind == "bpm":
             best = max(range(40, 220), key=lambda b: sum(answer_correct("bpm", f"{b} bpm", f"{x['bpm']} bpm") for x in train))
             return 100 * sum(answer_correct("bpm", f"{best} bpm", f"{x['bpm']} bpm") for x in test) / len(test)
-        common = collections.Counter(label(x, kind) for x in train).most_common(1)[0][0]
-        uniform = 100 / len({label(x, kind) for x in train})
-        return max(uniform, 100 * sum(label(x, kind) == common for x in test) / len(test))
+        counts = collections.Counter(label(x, kind) for x in train)
+        top = [c for c, n in counts.items() if n == max(counts.values())]  # a tie: no one answer is the prior's
+        uniform = 100 / len(counts)
+        constant = sum(100 * sum(label(x, kind) == c for x in test) / len(test) for c in top) / len(top)
+        return max(uniform, constant)
 
     checked = 0
     for name in ("demo", "demo_bridges", "loss_ablation", "demo_instruct"):

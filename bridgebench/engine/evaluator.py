@@ -83,15 +83,26 @@ class GenerationScorer(Scorer):
         soft = m.bridge(encoded[0].float(), encoded[1], batch["text"])
         labels = batch.get("labels", [{}] * len(batch["id"]))
         qa_types = batch.get("qa_type", [None] * len(batch["id"]))
+        examples = batch.get("example", [None] * len(batch["id"]))
         for i, text in enumerate(m.generate(batch, soft)):
-            row = {"id": batch["id"][i], "instruction": batch["instruction"][i], "prediction": text,
-                   "references": batch["references"][i], "labels": labels[i]}
+            row = {"id": batch["id"][i], "example": examples[i], "instruction": batch["instruction"][i],
+                   "prediction": text, "references": batch["references"][i], "labels": labels[i]}
             if qa_types[i] is not None:
                 row["qa_type"] = qa_types[i]
             self.rows.append(row)
 
     def compute(self, stage: str) -> dict[str, Any]:
-        self.rows = sorted(gather(self.rows), key=lambda r: (str(r["id"]), r.get("qa_type") or ""))
+        rows = gather(self.rows)
+        # Under DDP the sampler pads the last round with repeats of the first examples so every rank
+        # steps equally; each example is scored once (its dataset index; None: a batch without one).
+        seen = set()
+        self.rows = []
+        for row in rows:
+            key = row.pop("example")
+            if key is None or key not in seen:
+                seen.add(key)
+                self.rows.append(row)
+        self.rows.sort(key=lambda r: (str(r["id"]), r.get("qa_type") or ""))
         if not self.rows or not self.module.is_global_zero():
             return {}
         spec = self.module.eval_spec
@@ -261,10 +272,11 @@ class TagScorer(Scorer):
         tagger = self.module.tagger
         logits = tagger(encoded[0].float(), encoded[1])
         targets = tagger.targets(batch["tags"], logits.device)
-        self.rows.extend({"logits": lg.tolist(), "targets": tg.tolist()} for lg, tg in zip(logits, targets))
+        self.rows.extend({"id": clip_id, "logits": lg.tolist(), "targets": tg.tolist()}
+                         for clip_id, lg, tg in zip(batch["id"], logits, targets))
 
     def compute(self, stage: str) -> dict[str, Any]:
-        rows = gather(self.rows)
+        rows = unique_by_id(gather(self.rows))
         if not rows:
             return {}
         return {"tag_map": mean_average_precision(torch.tensor([r["logits"] for r in rows]),

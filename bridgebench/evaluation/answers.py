@@ -4,8 +4,12 @@ mode, dynamics) for sets with closed vocabularies (music-synth).
 An answer is right when it names the true label and no other label of that question's vocabulary
 (hedging with two grooves is wrong). Labels match as whole words, longest first ("electric piano"
 is never read as another instrument); a tempo class or dynamics may be named bare ("slow") or as
-in captions ("slow tempo"). Keys are read as "<tonic> <major|minor>". A BPM answer is right within
-``BPM_TOLERANCE`` (8%, the tempo-estimation tolerance of MIREX) of the true tempo.
+in captions ("slow tempo"). Tempo class and dynamics share the label "medium": an answer to one
+that names the other in caption form ("medium dynamics" to a tempo question) does not count for
+the question asked. Keys are read as "<tonic> <major|minor>" with the tonic capitalised, as the
+answers write it: lower case "a minor" is the article, never the key of A. A BPM answer is right
+when it holds one number (a whole token: "1200" is not 120), within ``BPM_TOLERANCE`` (8%, the
+tempo-estimation tolerance of MIREX) of the true tempo.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from bridgebench.datamodules.music_synth import VOCABULARY
+from bridgebench.datamodules.music_synth import VOCABULARY, phrase
 
 BPM_TOLERANCE = 0.08
-_BPM = re.compile(r"(\d{2,3}(?:\.\d+)?)")
+_BPM = re.compile(r"(?<![\d.])(\d{2,3}(?:\.\d+)?)(?!\.?\d)")
+_SHARES_LABELS = {"tempo_class": "dynamics", "dynamics": "tempo_class"}
 _KEY = re.compile(r"(?<![A-Za-z#])([A-G][#b]?) ?(major|minor)\b")
 
 
@@ -35,15 +40,19 @@ def answer_correct(qa_type: str, prediction: str, truth: str) -> Optional[bool]:
     """Whether ``prediction`` answers a ``qa_type`` question whose true answer is ``truth``; None when
     the type has no closed vocabulary (it is then scored by the text metrics alone)."""
     if qa_type in ("instrument", "genre", "tempo_class", "dynamics", "mode"):
-        vocabulary = VOCABULARY[qa_type]
-        return _labels_named(prediction, vocabulary) == {truth}
+        other = _SHARES_LABELS.get(qa_type)
+        if other is not None:  # "medium dynamics" names no tempo class
+            for label in VOCABULARY[other]:
+                prediction = re.sub(r"(?<![a-z])" + re.escape(phrase(other, label)) + r"(?![a-z])", " ", prediction,
+                                    flags=re.IGNORECASE)
+        return _labels_named(prediction, VOCABULARY[qa_type]) == {truth}
     if qa_type == "key":
         named = {f"{tonic} {mode}" for tonic, mode in _KEY.findall(prediction)}
         return named == {truth}
     if qa_type == "bpm":
         true = float(_BPM.search(truth).group(1))
-        found = _BPM.findall(prediction)
-        return len(set(found)) == 1 and abs(float(found[0]) - true) <= BPM_TOLERANCE * true
+        found = {float(x) for x in _BPM.findall(prediction)}
+        return len(found) == 1 and abs(found.pop() - true) <= BPM_TOLERANCE * true
     return None
 
 
