@@ -49,8 +49,8 @@ demo: install ## The main job: encoder tagging, then the pool + MLP bridge -> fr
 	# A one-cell sweep (experiments/sweeps/demo.yaml) sharing its encoder run with demo_bridges.
 	$(PY) -m bridgebench sweep experiments/sweeps/demo.yaml --report 5 $(if $(QUIET),--quiet,) $(if $(ARGS),-- $(ARGS),)
 
-sweep: install ## Run a sweep: make sweep NAME=demo_bridges|demo_stage1_effect|demo_budget|loss_ablation|demo_instruct [TINY=1] [SEEDS="0 1"] [QUIET=1] [ARGS=...]
-	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(QUIET),--quiet,) $(if $(ARGS),-- $(ARGS),)
+sweep: install ## Run a sweep: make sweep NAME=demo_bridges|demo_stage1_effect|demo_budget|loss_ablation|demo_instruct [TINY=1] [SEEDS="0 1"] [QUIET=1] [TABLE=1: tabulate only] [ARGS=...]
+	$(PY) -m bridgebench sweep experiments/sweeps/$(NAME).yaml $(if $(TINY),--tiny,) $(if $(SEEDS),--seeds $(SEEDS),) $(if $(QUIET),--quiet,) $(if $(TABLE),--table-only,) $(if $(ARGS),-- $(ARGS),)
 
 bench: install ## CPU benchmarks -> bench/results.{json,md} (cached features, framework overhead, generation, optimizer memory); memory soak
 	$(PY) bench/cpu.py

@@ -333,3 +333,32 @@ def test_the_demo_sweeps_share_one_protocol_and_budget():
     assert instruct["overlay"]["trainer"] == bridges["overlay"]["trainer"]
     assert instruct["overlay"]["model"]["optimizer"] == bridges["overlay"]["model"]["optimizer"]
     assert {k: v for k, v in instruct["overlay"]["data"].items() if "task" not in k} == bridges["overlay"]["data"]
+
+
+def test_table_only_runs_nothing_and_tabulates_what_is_finished(tmp_path, monkeypatch):
+    # While a sweep runs elsewhere, or after a sweep file's chance levels changed, --table-only writes
+    # the table from the finished runs, lists the rest as not run yet, and starts and creates nothing.
+    spec = {"seeds": [0, 1], "metrics": ["test/score"], "chance": {"test/score": 5.0},
+            "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3, 1e-2]}, "select": "val/loss", "tune_seed": 0},
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"]},
+                      "b": {"base": ["experiments/demo_linear_pool.yaml"], "data": {"batch_size": 4}}}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    calls = []
+    monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", fake_step_done)
+    where = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    assert sweep_cli.main([str(tmp_path / "s.yaml"), *where, "--cells", "a"]) == 0  # a finished, b never started
+    (tmp_path / "runs" / "s" / "a" / "seed1" / "metrics.json").unlink()  # a's seed 1 lost its test
+    before = sorted(p for p in (tmp_path / "runs").rglob("*"))
+    calls.clear()
+    assert sweep_cli.main([str(tmp_path / "s.yaml"), *where, "--table-only"]) == 1
+    assert calls == [] and sorted(p for p in (tmp_path / "runs").rglob("*")) == before
+    table = (tmp_path / "results" / "s.md").read_text()
+    assert "| a | 1 | lr=0.001 |" in table and "| b | 0 |" in table
+    assert "- a seed 1: not run yet (test left)" in table
+    assert "- b: tuning not finished: b tune lr=0.0001: not run yet (no run folder)" in table
+    # A finished run made with other settings is still refused, never tabulated.
+    spec["overlay"] = {"trainer": {"max_steps": 5}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="made with other settings"):
+        sweep_cli.main([str(tmp_path / "s.yaml"), *where, "--table-only"])

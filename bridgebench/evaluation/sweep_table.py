@@ -126,7 +126,7 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
     if compute and compute.get("minutes"):
         notes.append(_compute_text(compute))
     if failures:
-        notes += ["", "Failed runs (not in the means):"] + [f"- {k}: {v}" for k, v in failures.items()]
+        notes += ["", "Runs not in the means (failed, or not run yet):"] + [f"- {k}: {v}" for k, v in failures.items()]
     csv_header = ["cell", "seeds"] + (["chosen"] if tuned else []) + ["trainable_params"] + \
         [x for m in metrics for x in (m, f"{m}_std")] + ["fit_min"]
     if chance:

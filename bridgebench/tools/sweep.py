@@ -121,9 +121,16 @@ def last_ckpt(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def claim(run_dir: Path, identity: dict, what: str) -> None:
-    """Record what a run folder is for; a folder made for other settings is an error, never reused."""
+class NotRunYet(Exception):
+    """``--table-only``: this run (or a run it needs) has work left; nothing is run."""
+
+
+def claim(run_dir: Path, identity: dict, what: str, create: bool = True) -> None:
+    """Record what a run folder is for; a folder made for other settings is an error, never reused.
+    ``create`` false (``--table-only``): a folder not made yet raises NotRunYet instead."""
     path = run_dir / "sweep_run.json"
+    if not path.is_file() and not create:
+        raise NotRunYet("not run yet (no run folder)")
     if path.is_file():
         before = json.loads(path.read_text())
         if before != identity:
@@ -173,12 +180,14 @@ class Sweep:
         args, error = self.input_args(need["inputs"], seed if seed is not None else self.spec["protocol"]["tune_seed"])
         if error is None:
             overlay = merge(need["overlay"], {"seed_everything": seed} if seed is not None else {})
-            claim(run_dir, {"configs": need["configs"], "overlay": overlay, "inputs": need["inputs"],
-                            "tiny": bool(self.tiny)}, label)
-            error = self.fit_and(run_dir, self.configs(need["configs"]), overlay, args, ["test"], label)
+            try:
+                self.claim(run_dir, {"configs": need["configs"], "overlay": overlay, "inputs": need["inputs"],
+                                     "tiny": bool(self.tiny)}, label)
+                error = self.fit_and(run_dir, self.configs(need["configs"]), overlay, args, ["test"], label)
+            except NotRunYet as err:
+                error = str(err)
         if error:
-            self.failures[label] = error
-            self.console.say(f"{label}: FAILED: {error}")
+            self.fail(label, error)
             return None
         self.need_runs[key] = run_dir
         return run_dir
@@ -193,14 +202,19 @@ class Sweep:
             args.append(f"--{key}={last_ckpt(run_dir)}")
         return args, None
 
+    def fail(self, label: str, error: str) -> None:
+        self.failures[label] = error
+        self.console.say(f"{label}: {'not in the table' if self.opts.table_only else 'FAILED'}: {error}")
+
+    def claim(self, run_dir: Path, identity: dict, label: str) -> None:
+        claim(run_dir, identity, label, create=not self.opts.table_only)
+
     # --- runs ---
 
     def fit_and(self, run_dir: Path, configs: list[str], overlay: dict, args: list[str], after: list[str],
                 label: str) -> Optional[str]:
         """Fit (resuming an interrupted fit) unless done, then the ``after`` commands not yet done."""
         self.folders[run_dir] = None
-        overlay_path = write_overlay(run_dir, overlay)
-        common = config_args(configs, overlay_path) + [f"--trainer.default_root_dir={run_dir}", *args, *self.opts.args]
         todo = []
         if not step_done(run_dir, "fit"):
             todo.append(["fit", "--ckpt_path=last"])
@@ -208,6 +222,10 @@ class Sweep:
         if not todo:
             self.console.say(f"{label}: done earlier ({run_dir})")
             return None
+        if self.opts.table_only:
+            raise NotRunYet(f"not run yet ({' + '.join(c[0] for c in todo)} left)")
+        overlay_path = write_overlay(run_dir, overlay)
+        common = config_args(configs, overlay_path) + [f"--trainer.default_root_dir={run_dir}", *args, *self.opts.args]
         self.console.say(f"{label}: {' + '.join(c[0] for c in todo)} in {run_dir}")
         env = {"BRIDGEBENCH_QUIET": "1"} if self.opts.quiet else {}
         error, seconds = run_commands(run_dir, common, todo, self.console, label, env)
@@ -258,12 +276,15 @@ class Sweep:
                 run_dir = cell_dir / "tune" / point_name(point)
                 label = f"{name} tune {point_name(point)}"
                 overlay = merge(merge(cell["overlay"], nested(point)), {"seed_everything": tune_seed})
-                claim(run_dir, self.identity(cell, overlay, tune_seed), label)
-                error = self.fit_and(run_dir, configs, overlay, args, ["validate"], label)
+                try:
+                    self.claim(run_dir, self.identity(cell, overlay, tune_seed), label)
+                    error = self.fit_and(run_dir, configs, overlay, args, ["validate"], label)
+                except NotRunYet as err:  # no choice from part of the grid
+                    self.failures[name] = f"tuning not finished: {label}: {err}"
+                    return out
                 value = None if error else self.val_metric(run_dir)
                 if error:
-                    self.failures[label] = error
-                    self.console.say(f"{label}: FAILED: {error}")
+                    self.fail(label, error)
                 out["tuning"].append({"point": point, "value": value, "run": str(run_dir)})
             scored = [t for t in out["tuning"] if t["value"] is not None]
             if not scored:
@@ -288,15 +309,20 @@ class Sweep:
                     error = (f"not run: cell {cell['test_of']} has no fitted seed {seed} in this command"
                              + ("" if cell["test_of"] in self.results else f" (name it too: --cells {cell['test_of']} {name})"))
                 else:
-                    claim(run_dir, {**self.identity(cell, overlay, seed), "test_of": str(source)}, label)
-                    args.append(f"--ckpt_path={last_ckpt(source)}")
-                    error = self.test_only(run_dir, configs, overlay, args, label)
+                    try:
+                        self.claim(run_dir, {**self.identity(cell, overlay, seed), "test_of": str(source)}, label)
+                        args.append(f"--ckpt_path={last_ckpt(source)}")
+                        error = self.test_only(run_dir, configs, overlay, args, label)
+                    except NotRunYet as err:
+                        error = str(err)
             elif error is None:
-                claim(run_dir, self.identity(cell, overlay, seed), label)
-                error = self.fit_and(run_dir, configs, overlay, args, ["test"], label)
+                try:
+                    self.claim(run_dir, self.identity(cell, overlay, seed), label)
+                    error = self.fit_and(run_dir, configs, overlay, args, ["test"], label)
+                except NotRunYet as err:
+                    error = str(err)
             if error:
-                self.failures[label] = error
-                self.console.say(f"{label}: FAILED: {error}")
+                self.fail(label, error)
                 continue
             results = json.loads((run_dir / "metrics.json").read_text())
             stage1 = cell["inputs"].get("model.stage1_checkpoint")
@@ -319,6 +345,8 @@ class Sweep:
         if step_done(run_dir, "test"):
             self.console.say(f"{label}: done earlier ({run_dir})")
             return None
+        if self.opts.table_only:
+            raise NotRunYet("not run yet (test left)")
         self.console.say(f"{label}: test in {run_dir}")
         common = config_args(configs, write_overlay(run_dir, overlay)) + [f"--trainer.default_root_dir={run_dir}",
                                                                           *args, *self.opts.args]
@@ -383,6 +411,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--report", type=int, default=0, metavar="N",
                         help="after each run, print N held-out clips (true labels, generated caption) and its metrics")
     parser.add_argument("--quiet", action="store_true", help="no live progress (only the sweep's own lines)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: tabulate the runs that are finished (the others are listed as not run "
+                        "yet), e.g. while the sweep runs elsewhere or after its chance levels or metrics changed")
     parser.epilog = "Arguments after -- are passed to every run, e.g. -- --trainer.max_steps=100"
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
