@@ -38,6 +38,7 @@ TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
     ("bpm", "120 bpm (120.0)", "120 bpm", True),  # one tempo, written twice
     ("tempo_class", "medium dynamics", "medium", False),  # answers the other attribute
     ("dynamics", "medium tempo", "medium", False),
+    ("dynamics", "a medium-tempo song", "medium", False),
     ("tempo_class", "a medium tempo with soft dynamics", "medium", True),
     ("key", "It is in a minor key.", "A minor", False),  # "a" is the article
 ])

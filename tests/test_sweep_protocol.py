@@ -50,7 +50,8 @@ def fake_step_done(run_dir, command):
     if command == "test":
         return (run_dir / "metrics.json").is_file()
     history = run_dir / "history.jsonl"
-    return history.is_file() and any(json.loads(x)["command"] == command for x in history.read_text().splitlines())
+    return history.is_file() and any(json.loads(x)["command"] == command and json.loads(x)["event"] == "ok"
+                                     for x in history.read_text().splitlines())
 
 
 def test_the_protocol_chooses_on_validation_and_ablation_rows_follow_their_cell(tmp_path, monkeypatch, capsys):
@@ -349,14 +350,26 @@ def test_table_only_runs_nothing_and_tabulates_what_is_finished(tmp_path, monkey
     where = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
     assert sweep_cli.main([str(tmp_path / "s.yaml"), *where, "--cells", "a"]) == 0  # a finished, b never started
     (tmp_path / "runs" / "s" / "a" / "seed1" / "metrics.json").unlink()  # a's seed 1 lost its test
-    before = sorted(p for p in (tmp_path / "runs").rglob("*"))
+    # A tuning point whose fit failed is a failed point, as the sweep itself reported it, not "not run yet".
+    failed = tmp_path / "runs" / "s" / "a" / "tune" / "lr=0.01"
+    history = [json.loads(x) for x in (failed / "history.jsonl").read_text().splitlines()]
+    (failed / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history if r["command"] == "fit")
+                                          .replace('"ok"', '"failed", "error": "fit ran out of memory"'))
+    def state():  # every path, and every file's bytes
+        return {p: p.read_bytes() if p.is_file() else None for p in (tmp_path / "runs").rglob("*")}
+
+    before = state()
     calls.clear()
     assert sweep_cli.main([str(tmp_path / "s.yaml"), *where, "--table-only"]) == 1
-    assert calls == [] and sorted(p for p in (tmp_path / "runs").rglob("*")) == before
+    assert calls == [] and state() == before
     table = (tmp_path / "results" / "s.md").read_text()
     assert "| a | 1 | lr=0.001 |" in table and "| b | 0 |" in table
     assert "- a seed 1: not run yet (test left)" in table
+    assert "- a tune lr=0.01: fit failed earlier: fit ran out of memory" in table
     assert "- b: tuning not finished: b tune lr=0.0001: not run yet (no run folder)" in table
+    assert sweep_cli.main([str(tmp_path / "s.yaml"), "--runs", str(tmp_path / "none"), "--results",
+                           str(tmp_path / "results"), "--table-only"]) == 1
+    assert not (tmp_path / "none").exists()
     # A finished run made with other settings is still refused, never tabulated.
     spec["overlay"] = {"trainer": {"max_steps": 5}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))

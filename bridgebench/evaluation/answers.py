@@ -43,8 +43,8 @@ def answer_correct(qa_type: str, prediction: str, truth: str) -> Optional[bool]:
         other = _SHARES_LABELS.get(qa_type)
         if other is not None:  # "medium dynamics" names no tempo class
             for label in VOCABULARY[other]:
-                prediction = re.sub(r"(?<![a-z])" + re.escape(phrase(other, label)) + r"(?![a-z])", " ", prediction,
-                                    flags=re.IGNORECASE)
+                words = r"[\s-]+".join(re.escape(w) for w in phrase(other, label).split())  # "medium-tempo" too
+                prediction = re.sub(r"(?<![a-z])" + words + r"s?(?![a-z])", " ", prediction, flags=re.IGNORECASE)
         return _labels_named(prediction, VOCABULARY[qa_type]) == {truth}
     if qa_type == "key":
         named = {f"{tonic} {mode}" for tonic, mode in _KEY.findall(prediction)}

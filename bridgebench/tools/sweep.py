@@ -198,13 +198,24 @@ class Sweep:
         for key, name in inputs.items():
             run_dir = self.need(name, seed)
             if run_dir is None:
-                return [], f"not run: need {name} failed"
+                return [], f"not run: need {name} " + ("has not finished" if self.opts.table_only else "failed")
             args.append(f"--{key}={last_ckpt(run_dir)}")
         return args, None
 
     def fail(self, label: str, error: str) -> None:
         self.failures[label] = error
         self.console.say(f"{label}: {'not in the table' if self.opts.table_only else 'FAILED'}: {error}")
+
+    @staticmethod
+    def not_run(run_dir: Path, todo: list[str]) -> str:
+        """``--table-only``: the error the last attempt of the first step left (as a sweep run would
+        report it), else NotRunYet (never started, or interrupted)."""
+        from bridgebench.engine.run_folder import read_history
+
+        ended = [r for r in read_history(run_dir) if r.get("command") == todo[0] and r.get("event") != "started"]
+        if ended and ended[-1].get("event") != "ok":
+            return f"{todo[0]} failed earlier: {ended[-1].get('error') or ended[-1].get('event')}"
+        raise NotRunYet(f"not run yet ({' + '.join(todo)} left)")
 
     def claim(self, run_dir: Path, identity: dict, label: str) -> None:
         claim(run_dir, identity, label, create=not self.opts.table_only)
@@ -223,7 +234,7 @@ class Sweep:
             self.console.say(f"{label}: done earlier ({run_dir})")
             return None
         if self.opts.table_only:
-            raise NotRunYet(f"not run yet ({' + '.join(c[0] for c in todo)} left)")
+            return self.not_run(run_dir, [c[0] for c in todo])
         overlay_path = write_overlay(run_dir, overlay)
         common = config_args(configs, overlay_path) + [f"--trainer.default_root_dir={run_dir}", *args, *self.opts.args]
         self.console.say(f"{label}: {' + '.join(c[0] for c in todo)} in {run_dir}")
@@ -280,7 +291,7 @@ class Sweep:
                     self.claim(run_dir, self.identity(cell, overlay, tune_seed), label)
                     error = self.fit_and(run_dir, configs, overlay, args, ["validate"], label)
                 except NotRunYet as err:  # no choice from part of the grid
-                    self.failures[name] = f"tuning not finished: {label}: {err}"
+                    self.fail(name, f"tuning not finished: {label}: {err}")
                     return out
                 value = None if error else self.val_metric(run_dir)
                 if error:
@@ -293,9 +304,10 @@ class Sweep:
             pick = max if protocol["select"].get("mode", "min") == "max" else min
             best = pick(scored, key=lambda t: t["value"])
             out["chosen"], chosen_dir = best["point"], Path(best["run"])
-            (cell_dir / "protocol.json").write_text(json.dumps({
-                "select": protocol["select"], "tune_seed": tune_seed, "chosen": out["chosen"],
-                "grid": [{"point": t["point"], "value": t["value"]} for t in out["tuning"]]}, indent=1) + "\n")
+            if not self.opts.table_only:
+                (cell_dir / "protocol.json").write_text(json.dumps({
+                    "select": protocol["select"], "tune_seed": tune_seed, "chosen": out["chosen"],
+                    "grid": [{"point": t["point"], "value": t["value"]} for t in out["tuning"]]}, indent=1) + "\n")
             self.console.say(f"{name}: chose {point_name(best['point'])} "
                              f"({protocol['select']['metric']} {best['value']:.4f} on the validation split)")
         for seed in self.spec["seeds"]:
@@ -346,7 +358,7 @@ class Sweep:
             self.console.say(f"{label}: done earlier ({run_dir})")
             return None
         if self.opts.table_only:
-            raise NotRunYet("not run yet (test left)")
+            return self.not_run(run_dir, ["test"])
         self.console.say(f"{label}: test in {run_dir}")
         common = config_args(configs, write_overlay(run_dir, overlay)) + [f"--trainer.default_root_dir={run_dir}",
                                                                           *args, *self.opts.args]
@@ -438,7 +450,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     opts.runs_name = (opts.name or spec.get("runs_name") or Path(opts.sweep).stem) + suffix
     opts.name = (opts.name or Path(opts.sweep).stem) + suffix
     out = ensure_dir(opts.results, "--results")
-    ensure_dir(opts.runs, "--runs")
+    if not opts.table_only:
+        ensure_dir(opts.runs, "--runs")
     console = Console(opts.quiet)
     sweep = Sweep(spec, opts, console)
     for name in to_run:
