@@ -52,8 +52,8 @@ def _compute_text(compute: dict) -> str:
     text = (f"Compute: {sum(minutes.values()):.1f} wall minutes of commands in all ({parts}), summed over "
             "resumed attempts; the sweep's own bookkeeping between commands is not counted.")
     if compute.get("interrupted"):
-        text += (f" {compute['interrupted']} command(s) were killed before their end (a stopped session); "
-                 "their time is not known and not counted.")
+        text += (f" {compute['interrupted']} command(s) have no end (killed with a stopped session, or still "
+                 "running when the table was made); their time is not known and not counted.")
     return text
 
 
