@@ -159,3 +159,13 @@ def test_the_table_says_what_its_chance_levels_are_and_a_bad_note_is_refused(tmp
     path.write_text("cells: {a: {base: [x.yaml]}}\nchance: {test/acc: 1}\nchance_note: 3\n")
     with pytest.raises(ConfigError, match="chance_note must be a sentence"):
         load_sweep(str(path))
+
+
+def test_the_table_lists_each_seed_under_the_means():
+    cells = _cells({"a": {0: {"test/acc": 40.0}, 1: {"test/acc": 60.0}}, "b": {0: {"test/acc": 10.0}, 1: {}}})
+    md, _, _ = sweep_table.tabulate("t", {"seeds": [0, 1], "metrics": ["test/acc"]}, cells, {})
+    assert "| a | 2 | n/a | 50 ± 14 |" in md
+    per_seed = md[md.index("Per seed:"):]
+    assert "| a | 0 | 40 |" in per_seed and "| a | 1 | 60 |" in per_seed and "| b | 1 | n/a |" in per_seed
+    md, _, _ = sweep_table.tabulate("t", {"seeds": [0], "metrics": ["test/acc"]}, _cells({"a": {0: {"test/acc": 1.0}}}), {})
+    assert "Per seed" not in md  # one seed: the means are the seeds

@@ -40,6 +40,12 @@ def _edges(row: dict) -> str:
     return f" ({'; '.join(out)}: the best may lie beyond the grid)" if out else ""
 
 
+def _value(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.4g}"
+
+
 def _grid_text(tune) -> str:
     if isinstance(tune, list):  # points tried as given, not combined
         return "points " + "; ".join(_point(p) for p in tune)
@@ -125,6 +131,10 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
         notes.append("chance: " + (spec.get("chance_note") or "the level the sweep file gives per metric."))
     if compute and compute.get("minutes"):
         notes.append(_compute_text(compute))
+    seeds = [[cell, str(seed)] + [_value(runs[seed].get(m)) for m in metrics]
+             for cell, result in cells.items() for seed, runs in [(s, result["runs"]) for s in sorted(result["runs"])]]
+    if any(len(r["seeds"]) > 1 for r in rows):  # the spread's makings, so one bad seed is seen as one
+        notes += ["", "Per seed:", ""] + markdown_table(["cell", "seed", *metrics], seeds)
     if failures:
         notes += ["", "Runs not in the means (failed, or not run yet):"] + [f"- {k}: {v}" for k, v in failures.items()]
     csv_header = ["cell", "seeds"] + (["chosen"] if tuned else []) + ["trainable_params"] + \
