@@ -122,7 +122,7 @@ def test_the_plot_has_one_panel_per_metric_with_a_value_error_bars_and_chance(tm
 def test_on_a_terminal_the_progress_is_one_line_redrawn_within_its_width(capsys, monkeypatch):
     import shutil
 
-    from bridgebench.tools.sweep import Console
+    from bridgebench.tools.sweep_steps import Console
 
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((80, 24)))
