@@ -59,7 +59,9 @@ def _fit_and_test(tmp_path, steps: int, name: str) -> dict:
     # Scored on the 51 training clips: the small set's test split has 6, too few for a stable mAP.
     run(["test", *args, "--trainer.limit_test_batches=null", '--data.splits={"test": "train"}',
          f"--ckpt_path={root / 'checkpoints' / 'last.ckpt'}"])
-    return json.loads((root / "metrics.json").read_text())
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["run"]["bridge"] == metrics["run"]["llm"] == "none", metrics["run"]  # what was built
+    return metrics
 
 
 def test_tagging_run_learns_the_tags_of_rendered_music(tmp_path):

@@ -377,7 +377,9 @@ class BridgeModule(L.LightningModule):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
         for name, value in self.test_results.items():
             metrics.setdefault(f"test/{name}", value)
-        metrics["run"] = {"encoder": self.specs["encoder"].name, "bridge": self.specs["bridge"].name,
+        # A tagging run builds no bridge: its spec's default name would misreport the run.
+        bridge = self.specs["bridge"].name if self.bridge is not None else "none"
+        metrics["run"] = {"encoder": self.specs["encoder"].name, "bridge": bridge,
                           "llm": self.specs["llm"].name, "objectives": self.objectives,
                           "trainable_params": sum(p.numel() for p in self.parameters() if p.requires_grad)}
         write_test_results(self.trainer, metrics, self.evaluator.predictions)
