@@ -131,8 +131,8 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
         notes.append("chance: " + (spec.get("chance_note") or "the level the sweep file gives per metric."))
     if compute and compute.get("minutes"):
         notes.append(_compute_text(compute))
-    seeds = [[cell, str(seed)] + [_value(runs[seed].get(m)) for m in metrics]
-             for cell, result in cells.items() for seed, runs in [(s, result["runs"]) for s in sorted(result["runs"])]]
+    seeds = [[cell, str(seed)] + [_value(result["runs"][seed].get(m)) for m in metrics]
+             for cell, result in cells.items() for seed in sorted(result["runs"])]
     if any(len(r["seeds"]) > 1 for r in rows):  # the spread's makings, so one bad seed is seen as one
         notes += ["", "Per seed:", ""] + markdown_table(["cell", "seed", *metrics], seeds)
     if failures:
