@@ -169,3 +169,4 @@ def test_the_table_lists_each_seed_under_the_means():
     assert "| a | 0 | 40 |" in per_seed and "| a | 1 | 60 |" in per_seed and "| b | 1 | n/a |" in per_seed
     md, _, _ = sweep_table.tabulate("t", {"seeds": [0], "metrics": ["test/acc"]}, _cells({"a": {0: {"test/acc": 1.0}}}), {})
     assert "Per seed" not in md  # one seed: the means are the seeds
+    assert "| a | 1 | n/a | 1 (one seed) |" in md  # no "± 0": nothing was measured of the spread

@@ -92,6 +92,8 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
                 cells_md.append("n/a")
             elif one_stage1 and m.startswith("stage1:"):
                 cells_md.append(f"{mean:.4g} (one run)")  # the seeds share it: no spread to show
+            elif len(row["seeds"]) == 1:
+                cells_md.append(f"{mean:.4g} (one seed)")  # "± 0" would read as a spread that was measured
             else:
                 cells_md.append(f"{mean:.4g} ± {std:.2g}")
         cells_md.append(f"{row['fit_min']:.1f}" if row["fit_min"] is not None else "n/a")
