@@ -191,6 +191,34 @@ def test_a_grid_given_as_points_is_tried_as_given_and_the_chosen_point_reaches_e
     assert "cell 'b' tune: a list of points must hold non-empty mappings" in str(err.value)
 
 
+def test_a_tune_overlay_reaches_the_grid_only_and_every_seed_is_fitted_at_the_full_budget(tmp_path, monkeypatch):
+    # The grid may run as a shorter proxy: its fits get protocol.tune_overlay, the seeds do not, so the
+    # tune seed's grid run (200 steps) must not stand in for its 600-step seed run.
+    spec = {"seeds": [0, 1], "metrics": ["test/score"], "overlay": {"trainer": {"max_steps": 600}},
+            "protocol": {"tune": {"model.optimizer.lr": [1e-4, 1e-3]}, "select": "val/loss", "tune_seed": 0,
+                         "tune_overlay": {"trainer": {"max_steps": 200}}},
+            "cells": {"a": {"base": ["experiments/demo_linear_pool.yaml"]}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    calls = []
+    monkeypatch.setattr(sweep_cli, "run_commands", fake_commands(calls))
+    monkeypatch.setattr("bridgebench.tools.sweep.step_done", fake_step_done)
+    assert sweep_cli.main([str(path), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]) == 0
+    cell = tmp_path / "runs" / "s" / "a"
+    steps = {d.relative_to(cell).as_posix(): yaml.safe_load((d / "sweep_overlay.yaml").read_text())["trainer"]["max_steps"]
+             for d in [*cell.glob("tune/*"), *cell.glob("seed*")]}
+    assert steps == {"tune/lr=0.0001": 200, "tune/lr=0.001": 200, "seed0": 600, "seed1": 600}
+    assert [c[1] for c in calls if c[0] == "a seed 0"] == ["fit", "test"]
+    for seed in (0, 1):
+        overlay = yaml.safe_load((cell / f"seed{seed}" / "sweep_overlay.yaml").read_text())
+        assert overlay["model"]["optimizer"]["lr"] == 1e-3 and overlay["seed_everything"] == seed
+    assert "The grid's fits ran with trainer.max_steps=200" in (tmp_path / "results" / "s.md").read_text()
+    spec["protocol"]["tune_overlay"] = ["trainer.max_steps"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="protocol.tune_overlay must be a mapping"):
+        sweep_cli.main([str(path), "--runs", str(tmp_path / "runs")])
+
+
 def test_command_seconds_sums_resumed_attempts_and_counts_killed_commands(tmp_path):
     from bridgebench.engine.run_folder import command_seconds
 
@@ -330,8 +358,9 @@ def test_the_demo_sweeps_share_one_protocol_and_budget():
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "sweeps")
     bridges, instruct = (yaml.safe_load(open(os.path.join(root, f"{n}.yaml"))) for n in ("demo_bridges", "demo_instruct"))
-    assert instruct["protocol"] == bridges["protocol"]
-    assert instruct["overlay"]["trainer"] == bridges["overlay"]["trainer"]
+    # The same grid at the same 200 steps (demo_instruct's tune_overlay); its seeds then fit for longer.
+    assert {k: v for k, v in instruct["protocol"].items() if k != "tune_overlay"} == bridges["protocol"]
+    assert {**instruct["overlay"]["trainer"], **instruct["protocol"]["tune_overlay"]["trainer"]} == bridges["overlay"]["trainer"]
     assert instruct["overlay"]["model"]["optimizer"] == bridges["overlay"]["model"]["optimizer"]
     assert {k: v for k, v in instruct["overlay"]["data"].items() if "task" not in k} == bridges["overlay"]["data"]
 

@@ -113,7 +113,11 @@ def tabulate(name: str, spec: dict, cells: dict[str, dict], failures: dict,
                      f"{_grid_text(protocol.get('tune'))} (plus any cell-specific entries) by "
                      f"{select.get('metric')} ({select.get('mode', 'min')}) on the validation split at seed "
                      f"{protocol.get('tune_seed')}, with the same data, encoder, LLM and step budget; the test split "
-                     "is never used to choose. Grid values per cell:")
+                     "is never used to choose."
+                     + (" The grid's fits ran with " + ", ".join(f"{k}={v}" for k, v in _dotted(protocol["tune_overlay"]).items())
+                        + " on top of the shared settings (a proxy), then every seed was fitted at the chosen point "
+                        "with the shared settings." if protocol.get("tune_overlay") else "")
+                     + " Grid values per cell:")
         for row in rows:
             cell = (spec.get("cells") or {}).get(row["cell"]) or {}
             parent = cell.get("setting_of") or cell.get("test_of")

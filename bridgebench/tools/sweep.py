@@ -19,8 +19,10 @@ A sweep file (``experiments/sweeps/*.yaml``) names:
   budget: steps, batch size, schedule), so the budget is written once.
 - ``protocol`` (optional): ``tune`` (a grid of dotted config keys, the same for every cell; a
   cell's own ``tune`` adds entries), ``select`` (``val/loss``, lower is better, or
-  ``{metric, mode: max}``) and ``tune_seed``. Each grid point is fitted with the tune seed and
-  validated on the validation split; the best point is then fitted with every seed and tested.
+  ``{metric, mode: max}``), ``tune_seed`` and ``tune_overlay`` (keys only the grid's fits get, e.g. a
+  shorter proxy budget). Each grid point is fitted with the tune seed and validated on the
+  validation split; the best point is then fitted with every seed and tested (the tune seed's grid
+  run is reused as its seed run unless a ``tune_overlay`` made it differ).
   Test data is never used to choose.
 - ``seeds``, ``metrics`` (``stage1:<metric>`` reads the need a cell got as
   ``model.stage1_checkpoint``), ``chance`` (chance level per metric, drawn and printed).
@@ -190,7 +192,8 @@ class Sweep:
             for point in grid(cell["tune"]):
                 run_dir = cell_dir / "tune" / point_name(point)
                 label = f"{name} tune {point_name(point)}"
-                overlay = merge(merge(cell["overlay"], nested(point)), {"seed_everything": tune_seed})
+                overlay = merge(merge(merge(cell["overlay"], nested(point)), protocol["tune_overlay"]),
+                                {"seed_everything": tune_seed})
                 try:
                     self.claim(run_dir, self.identity(cell, overlay, tune_seed), label)
                     error = self.fit_and(run_dir, configs, overlay, args, ["validate"], label)
@@ -207,7 +210,8 @@ class Sweep:
                 return out
             pick = max if protocol["select"].get("mode", "min") == "max" else min
             best = pick(scored, key=lambda t: t["value"])
-            out["chosen"], chosen_dir = best["point"], Path(best["run"])
+            out["chosen"] = best["point"]
+            chosen_dir = None if protocol["tune_overlay"] else Path(best["run"])
             if not self.opts.table_only:
                 (cell_dir / "protocol.json").write_text(json.dumps({
                     "select": protocol["select"], "tune_seed": tune_seed, "chosen": out["chosen"],

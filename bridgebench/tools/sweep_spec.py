@@ -3,8 +3,9 @@
 See ``bridgebench.tools.sweep`` for what a sweep runs. This module only reads and normalises the
 file: needs (``{configs, overlay, per_seed, inputs}``), cells (``{base, inputs, tune, setting_of,
 test_of, optional, <config keys>}``), the shared ``overlay`` (config keys every cell gets first: the protocol's
-budget), the protocol (``{tune, select, tune_seed}``; ``tune`` a mapping of keys to value lists, whose every
-combination is tried, or a list of points), seeds, metrics, chance (and chance_note, the sentence
+budget), the protocol (``{tune, select, tune_seed, tune_overlay}``; ``tune`` a mapping of keys to value lists, whose
+every combination is tried, or a list of points; ``tune_overlay`` config keys the grid's fits get on top of
+the cell's, e.g. a shorter proxy budget), seeds, metrics, chance (and chance_note, the sentence
 the table prints to say what those levels are).
 
 A cell marked ``optional: true`` (an ablation row that costs runs the main table does not need) is run
@@ -79,6 +80,10 @@ def load_sweep(path: str) -> dict:
         problems.append(f"sweep file {path}: protocol.select.mode must be min or max")
     protocol.setdefault("tune", {})
     protocol.setdefault("tune_seed", spec["seeds"][0] if spec["seeds"] else 0)
+    protocol["tune_overlay"] = protocol.get("tune_overlay") or {}
+    if not isinstance(protocol["tune_overlay"], dict):
+        problems.append(f"sweep file {path}: protocol.tune_overlay must be a mapping of config keys")
+        protocol["tune_overlay"] = {}
     spec["protocol"] = protocol
     shared = spec.get("overlay") or {}
     if not isinstance(shared, dict):
