@@ -379,8 +379,9 @@ class OptimSpec:
     """Learning-rate multipliers per parameter group (the schedule scales with them): ``encoder`` (a
     trainable encoder), ``projection`` (the bridge's output layer into the LLM, which starts from
     scratch while a Q-Former starts from BERT or stage 1) and ``cross_attention`` (a Q-Former's or
-    Bridge-Net's cross-attention layers and query tokens, which BERT has no weights for); every other
-    weight uses ``lr``."""
+    Bridge-Net's cross-attention layers and query tokens, which BERT has no weights for) and ``llm``
+    (the LLM's LoRA adapters or, with ``llm.mode: full``, its weights: a pretrained model wants a
+    smaller step than a bridge trained from scratch); every other weight uses ``lr``."""
 
 
 @dataclass
@@ -420,7 +421,7 @@ STAGE1_OBJECTIVES = ("atc", "atm", "atg")
 FROZEN_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "constant", "linear")
 OUTPUT_INITS = ("default", "embedding_scale")
-LR_GROUPS = ("encoder", "projection", "cross_attention")
+LR_GROUPS = ("encoder", "projection", "cross_attention", "llm")
 
 
 def spec_from_dict(cls, data: dict):

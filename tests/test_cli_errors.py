@@ -154,6 +154,12 @@ def test_a_cross_attention_rate_on_a_bridge_without_cross_attention_is_refused(c
     one_error(code, err, "model.optimizer.lr_scale.cross_attention", "linear_pool", "qformer")
 
 
+def test_an_llm_rate_on_a_frozen_llm_is_refused(capsys, tmp_path):
+    code, err = run_main(capsys, "fit", *BASE, "--model.optimizer.lr_scale={'llm': 0.1}",
+                         f"--trainer.default_root_dir={tmp_path}")
+    one_error(code, err, "model.optimizer.lr_scale.llm", "model.llm.mode")
+
+
 def test_every_problem_of_a_config_is_reported_at_once(capsys, tmp_path):
     code, err = run_main(capsys, "fit", *BASE, "--data.batch_size=0", "--model.optimizer.lr=-1",
                          "--model.generation.num_beams=0", "--model.bridge.name=qformr",

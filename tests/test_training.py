@@ -348,6 +348,28 @@ def test_encoder_projection_and_cross_attention_lr_scales_give_their_weights_own
             assert "encoder" not in rates
 
 
+def test_llm_lr_scale_gives_the_lora_adapters_their_own_rate_and_unscaled_folds_them_into_the_body():
+    from bridgebench.engine.module import BridgeModule
+
+    def rates(lr_scale):
+        specs = tiny_specs(llm="causal", bridge="linear_pool")
+        specs["llm"].mode = "lora"
+        module = BridgeModule(**specs, optimizer=OptimSpec(lr=1e-3, lr_scale=lr_scale))
+        module.trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        opt = module.configure_optimizers()["optimizer"]
+        names = {id(p): n for n, p in module.named_parameters()}
+        placed = sorted(names[id(p)] for g in opt.param_groups for p in g["params"])
+        assert placed == sorted(n for n, p in module.named_parameters() if p.requires_grad)
+        out = {}
+        for g in opt.param_groups:
+            for p in g["params"]:
+                out.setdefault("lora" if "lora_" in names[id(p)] else "bridge", set()).add(round(g["lr"], 12))
+        return out
+
+    assert rates({"llm": 0.1}) == {"lora": {1e-4}, "bridge": {1e-3}}
+    assert rates({}) == {"lora": {1e-3}, "bridge": {1e-3}}
+
+
 @pytest.mark.parametrize("bridge,stage1", [("qformer", False), ("bridgenet", False), ("qformer", True)])
 def test_cross_attention_group_holds_the_cross_attention_and_queries_only_when_scaled(bridge, stage1):
     from bridgebench.engine.module import BridgeModule

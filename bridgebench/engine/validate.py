@@ -94,6 +94,9 @@ def model_problems(model: dict, check_files: bool = True) -> list[str]:
             out.append(f"model.optimizer.lr_scale.{group}: unknown group; the groups are {', '.join(LR_GROUPS)}")
         elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             out.append(f"model.optimizer.lr_scale.{group}: {scale!r}; it must be > 0")
+        elif group == "llm" and llm.mode == "frozen":
+            out.append("model.optimizer.lr_scale.llm: the LLM is frozen (model.llm.mode: frozen), nothing of it "
+                       "trains; set model.llm.mode: lora (or full), or remove the entry")
         elif group == "cross_attention" and bridge.name in TABLES["bridge"] and not TABLES["bridge"][bridge.name].stage1:
             having = ", ".join(n for n, k in TABLES["bridge"].items() if k.stage1)
             out.append(f"model.optimizer.lr_scale.cross_attention: the {bridge.name} bridge has no cross-attention "
