@@ -396,9 +396,7 @@ class BridgeModule(L.LightningModule):
         groups: dict[str, list] = {"encoder": [], "projection": [], "body": []}
         if not self.encoder.frozen or self.encoder.trainable_when_frozen():
             groups["encoder"] = [p for p in self.encoder.parameters() if p.requires_grad]
-        # Unscaled, the LLM's trainable weights stay in the body group, so the optimizer's layout (and a
-        # checkpoint's optimizer state) is the one from before the group existed.
-        if self.llm is not None and "llm" in (self.optim.lr_scale or {}):
+        if self.llm is not None and "llm" in (self.optim.lr_scale or {}):  # unscaled: in body, the old layout
             groups["llm"] = [p for p in self.llm.parameters() if p.requires_grad]
         if self.bridge is not None:
             for name, params in self.bridge.param_groups(frozenset(self.optim.lr_scale or {})).items():
