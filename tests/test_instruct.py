@@ -13,6 +13,7 @@ from conftest import tiny_module
 from bridgebench.datamodules import AudioTextDataModule
 from bridgebench.engine.lightning_cli import run
 from bridgebench.evaluation.answers import answer_accuracy, answer_correct
+from bridgebench.evaluation.attributes import caption_answer_agreement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "experiments", "tiny.yaml")
@@ -53,6 +54,21 @@ def test_answer_accuracy_reports_each_type_and_their_mean():
             {"qa_type": "free", "prediction": "anything", "references": ["x"]}]  # no vocabulary: text metrics only
     out = answer_accuracy(rows)
     assert out == {"qa/genre/accuracy": 50.0, "qa/mode/accuracy": 100.0, "qa/accuracy": 75.0}
+
+
+def test_caption_answer_agreement_sets_each_clips_caption_beside_its_answer():
+    labels = {"instrument": "organ", "genre": "rock"}
+    captions = [{"id": "a", "prediction": "rock, organ, bass, drums, fast tempo", "labels": labels},
+                {"id": "b", "prediction": "jazz, flute, bass, drums", "labels": labels},
+                {"id": "c", "prediction": "rock, violin, drums", "labels": labels}]
+    answers = [{"id": "a", "qa_type": "instrument", "prediction": "flute", "references": ["organ"], "labels": labels},
+               {"id": "b", "qa_type": "instrument", "prediction": "organ", "references": ["organ"], "labels": labels},
+               {"id": "c", "qa_type": "instrument", "prediction": "organ", "references": ["organ"], "labels": labels},
+               {"id": "a", "qa_type": "genre", "prediction": "rock", "references": ["rock"], "labels": labels},
+               {"id": "z", "qa_type": "genre", "prediction": "rock", "references": ["rock"], "labels": labels}]
+    out = caption_answer_agreement(captions, answers)  # clip z has no caption: not paired
+    assert out == pytest.approx({"qa/instrument/caption_only": 100 / 3, "qa/instrument/answer_only": 200 / 3,
+                                 "qa/genre/caption_only": 0.0, "qa/genre/answer_only": 0.0})
 
 
 def test_eval_task_caption_plus_qa_evaluates_every_question_with_its_type():
@@ -108,7 +124,7 @@ def test_a_qa_test_run_reports_answers_per_type_and_two_classifications(tmp_path
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("test/qa/accuracy", "test/qa/instrument/accuracy", "test/qa/musilingo/rouge_l_recall",
                 "test/classify_instrument_accuracy_sum", "test/classify_genre_accuracy_mean",
-                "test/attr_acc_instrument"):
+                "test/attr_acc_instrument", "test/qa/instrument/caption_only", "test/qa/genre/answer_only"):
         assert isinstance(metrics.get(key), float), (key, sorted(metrics))
     rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert any("qa_type" in r for r in rows) and any("qa_type" not in r for r in rows)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from bridgebench.evaluation.answers import answer_accuracy
-from bridgebench.evaluation.attributes import attribute_accuracy
+from bridgebench.evaluation.attributes import attribute_accuracy, caption_answer_agreement
 from bridgebench.evaluation.ranking import (
     classification_metrics,
     mean_average_precision,
@@ -125,6 +125,7 @@ class GenerationScorer(Scorer):
                 out.update(_text_metrics(typed, spec.qa_metric_modes, None, f"qa/{qa_type}/"))
             if spec.attribute_vocabulary:
                 out.update(answer_accuracy(answers))
+                out.update(caption_answer_agreement(captions, answers))
         return out
 
 
