@@ -36,6 +36,7 @@ TASKS = ("caption", "qa", "caption+qa")
 FEATURE_MODES = ("audio", "cached", "auto")
 CROPS = ("random", "start")
 TRAIN_TARGETS = ("random", "first")
+TRAIN_QUESTIONS = ("one", "all")
 
 
 def check_options(data: dict) -> list[str]:
@@ -44,9 +45,12 @@ def check_options(data: dict) -> list[str]:
     if data.get("eval_task") is not None and data["eval_task"] not in TASKS:
         out.append(f"data.eval_task: unknown value '{data['eval_task']}'; choose one of: {', '.join(TASKS)}")
     for key, options in (("task", TASKS), ("features", FEATURE_MODES), ("train_crop", CROPS),
-                         ("train_target", TRAIN_TARGETS)):
+                         ("train_target", TRAIN_TARGETS), ("train_questions", TRAIN_QUESTIONS)):
         if key in data and data[key] not in options:
             out.append(f"data.{key}: unknown value '{data[key]}'; choose one of: {', '.join(options)}")
+    if data.get("train_questions", "one") == "all" and data.get("task", "caption") != "caption+qa":
+        out.append(f"data.train_questions: 'all' applies to task caption+qa, not '{data.get('task', 'caption')}' "
+                   "(task qa already trains on every question)")
     for key, low, optional in (("batch_size", 1, False), ("eval_batch_size", 1, True), ("num_workers", 0, False),
                                ("limit", 1, True)):
         value = data.get(key)
@@ -86,10 +90,11 @@ class Example:
 
 
 def build_examples(clips: list[Clip], task: str, source: str, train: bool = False,
-                   group: Optional[int] = None) -> list[Example]:
+                   group: Optional[int] = None, all_questions: bool = False) -> list[Example]:
     """A split's examples. In training, ``caption+qa`` gives each clip two examples, its caption and a
-    question drawn per visit; in evaluation it gives the caption and every question (one example
-    each), so caption metrics and per-question-type answers are both measured (``eval_task``).
+    question drawn per visit (``all_questions``: its caption and every question, one example each);
+    in evaluation it gives the caption and every question, so caption metrics and per-question-type
+    answers are both measured (``eval_task``).
 
     In evaluation, ``group`` clips at a time (the evaluation batch across all ranks) come as their
     captions, then their questions clip by clip: a batch generates until its longest text ends, so a
@@ -109,7 +114,7 @@ def build_examples(clips: list[Clip], task: str, source: str, train: bool = Fals
             if task in ("qa", "caption+qa"):
                 if not clip.qa:
                     raise ManifestError(f"{source}: clip '{clip.id}' has no qa pairs (task: {task})")
-                if task == "qa" or not train:
+                if task == "qa" or not train or all_questions:
                     questions.extend(Example(clip, pair["instruction"], [pair["answer"]], qa_type=pair.get("type"))
                                      for pair in clip.qa)
                 else:
@@ -285,6 +290,10 @@ class AudioTextDataModule(L.LightningDataModule):
             twice an epoch: its caption, and one of its questions drawn per visit). The questions
             give every step direct targets for single attributes, which a caption names among many
             words.
+        train_questions: With ``caption+qa``, what training draws of each clip besides its caption:
+            ``one`` question per visit (each question type 1/2n of the draws for n types, while every
+            caption names every attribute) or ``all`` of them, one example each (each type as often as
+            the caption; the caption 1/(n+1) of the draws). An epoch holds n+1 examples a clip then.
         eval_task: What validation, test and predict use: ``caption``, ``qa`` or ``caption+qa`` (the
             caption and every question of each clip, scored apart: caption metrics on the captions,
             answers per question type). Default: ``task``, except that ``caption+qa`` evaluates on
@@ -341,6 +350,7 @@ class AudioTextDataModule(L.LightningDataModule):
         skip_bad_audio: bool = False,
         feature_cache: Optional[str] = None,
         train_target: str = "random",
+        train_questions: str = "one",
         qa_instructions: Optional[dict[str, str]] = None,
         bridge_instruction: Optional[str] = None,
         drop_phrases: Optional[list[str]] = None,
@@ -351,6 +361,7 @@ class AudioTextDataModule(L.LightningDataModule):
                                       batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                                       clip_seconds=clip_seconds, splits=splits, limit=limit, features=features,
                                       train_crop=train_crop, train_target=train_target,
+                                      train_questions=train_questions,
                                       drop_phrases=drop_phrases, drop_phrase_p=drop_phrase_p))
         if problems:
             raise ConfigProblems(problems)
@@ -358,6 +369,7 @@ class AudioTextDataModule(L.LightningDataModule):
         self.train_crop = train_crop
         self.skip_bad_audio = skip_bad_audio
         self.train_target = train_target
+        self.train_questions = train_questions
         self.bridge_instruction = bridge_instruction
         self.qa_instructions = dict(qa_instructions or {})
         self.drop_phrases = drop_phrases
@@ -440,7 +452,8 @@ class AudioTextDataModule(L.LightningDataModule):
         clips = self.clips(role)
         task = self.task if role == "train" else self.eval_task
         examples = build_examples(clips, task, f"{self.manifest} (split '{split}')", train=role == "train",
-                                  group=self.eval_batch_size * rank_and_world()[1])
+                                  group=self.eval_batch_size * rank_and_world()[1],
+                                  all_questions=self.train_questions == "all")
         if self.limit is not None:
             examples = examples[: self.limit]
         if not examples:

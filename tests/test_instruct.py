@@ -12,6 +12,7 @@ from conftest import tiny_module
 
 from bridgebench.datamodules import AudioTextDataModule
 from bridgebench.engine.lightning_cli import run
+from bridgebench.errors import ConfigProblems
 from bridgebench.evaluation.answers import answer_accuracy, answer_correct
 from bridgebench.evaluation.attributes import caption_answer_agreement
 
@@ -89,6 +90,29 @@ def test_eval_task_caption_plus_qa_evaluates_every_question_with_its_type():
     default = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", num_workers=0)
     default.connect(module.data_contract())
     assert len(default.dataset("test")) == len(clips)  # without eval_task: captions alone, as before
+
+
+def test_train_questions_all_trains_on_every_question_of_each_clip_beside_its_caption():
+    module = tiny_module(bridge="linear_pool")
+    sets = {}
+    for draw in ("one", "all"):
+        dm = AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", train_questions=draw,
+                                 batch_size=2, num_workers=0, clip_seconds=2.0)
+        dm.connect(module.data_contract())
+        sets[draw] = dm.dataset("train")
+    clips = len(dm.clips("train"))
+    assert len(sets["one"]) == 2 * clips and len(sets["all"]) == 8 * clips
+    items = [sets["all"][i] for i in range(len(sets["all"]))]
+    types = [x["qa_type"] for x in items]
+    assert types.count(None) == clips and {t: types.count(t) for t in set(types) - {None}} == {
+        t: clips for t in ("instrument", "genre", "tempo_class", "bpm", "key", "mode", "dynamics")}
+    asked = [x for x in items if x["qa_type"] == "instrument"]
+    assert all(x["instruction"] == "What is the lead instrument?" and x["target"] == x["labels"]["instrument"]
+               for x in asked)
+    with pytest.raises(ConfigProblems, match="data.train_questions: unknown value 'some'"):
+        AudioTextDataModule(manifest="builtin:music-synth-small", task="caption+qa", train_questions="some")
+    with pytest.raises(ConfigProblems, match="'all' applies to task caption\\+qa, not 'caption'"):
+        AudioTextDataModule(manifest="builtin:music-synth-small", task="caption", train_questions="all")
 
 
 def test_the_bridge_can_be_shown_a_fixed_instruction_while_the_llm_gets_the_real_one():
